@@ -1,0 +1,20 @@
+"""Errors raised for bad user input, each naming the offending key and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key, the value and valid choices."""
+
+    def __init__(self, key: str, value: Any, valid: str | Iterable[Any]) -> None:
+        if not isinstance(valid, str):
+            valid = "one of " + ", ".join(repr(v) for v in valid)
+        self.key, self.value, self.valid = key, value, valid
+        super().__init__(f"invalid config `{key}={value!r}`: expected {valid}")
+
+
+class DataError(ValueError):
+    """Input data is unusable (missing file/variable, wrong shape, non-finite values)."""

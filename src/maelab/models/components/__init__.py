@@ -1,0 +1,1 @@
+"""Shared model pieces: transformer blocks, positional embeddings, token gathering."""
