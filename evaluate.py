@@ -1,0 +1,18 @@
+"""Evaluate a checkpoint: `python evaluate.py ckpt=<run>/checkpoints/best.ckpt [overrides]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from maelab.env import configure_environment
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from maelab.pipeline import evaluate
+
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    configure_environment()
+    main()

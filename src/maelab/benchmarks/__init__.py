@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m maelab.benchmarks`): ratios measured side by side in one run."""

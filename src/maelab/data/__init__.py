@@ -1,0 +1,1 @@
+"""DataModules and generators (numpy-vectorised, seeded)."""

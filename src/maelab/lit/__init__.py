@@ -1,0 +1,1 @@
+"""LightningModules: wire plain models to losses, metrics and optimisers."""

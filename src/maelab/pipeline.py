@@ -1,0 +1,192 @@
+"""train(cfg) and evaluate(cfg): everything between Hydra's config and the files of a run.
+
+Run directory layout:
+    .hydra/config.yaml          the composed config (written by Hydra, or here when composed)
+    checkpoints/{best,last}.ckpt
+    metrics.json, figures/*.png (train) ; eval/metrics.json, eval/figures/*.png (evaluate.py)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from maelab.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from maelab.tables import print_metrics_table
+from maelab.validation import model_name, validate_config
+
+log = logging.getLogger(__name__)
+
+
+def data_info(dm: L.LightningDataModule) -> dict[str, Any]:
+    """What the model and the metrics need to know about a set-up DataModule (plain types)."""
+    return {
+        "seq_length": int(dm.seq_length), "num_features": int(dm.num_features),
+        "feature_names": list(dm.feature_names), "anomaly_types": list(dm.anomaly_types),
+        "eval_level": dm.eval_level, "val_has_labels": bool(dm.val_has_labels),
+        "train_has_labels": bool(dm.train_has_labels),
+    }
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> L.LightningModule:
+    """Instantiate the configured LightningModule with plain-dict hyper-parameters."""
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    cls = get_class(kwargs.pop("_target_"))
+    scoring = {"score": cfg.score, "mask_last_n": cfg.mask_last_n,
+               "threshold": OmegaConf.to_container(cfg.threshold, resolve=True),
+               "point_adjust": bool(cfg.point_adjust)}
+    return cls(**kwargs, masking=OmegaConf.to_container(cfg.masking, resolve=True),
+               scoring=scoring, data_info=data_info(dm), seed=int(cfg.seed),
+               run_config=OmegaConf.to_container(cfg, resolve=False))
+
+
+def save_run_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Write `.hydra/config.yaml` when Hydra did not (config composed in code or tests)."""
+    path = out_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        atomic_write_text(path, OmegaConf.to_yaml(cfg))
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def resolve_resume(cfg: DictConfig, out_dir: Path) -> str | None:
+    """`ckpt_path`: null, `last` (this run directory's last.ckpt) or a path."""
+    if cfg.ckpt_path in (None, ""):
+        return None
+    path = out_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no checkpoint at {path}")
+    return str(path)
+
+
+def _single_log_lines() -> None:
+    """Lightning adds its own console handler; under Hydra's root handler lines print twice."""
+    if logging.getLogger().handlers:
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit, calibrate on validation, test the best checkpoint; write metrics.json and figures."""
+    _single_log_lines()
+    validate_config(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    save_run_config(cfg, out_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    resume = resolve_resume(cfg, out_dir)
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
+                          logger=loggers or False)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    ckpt_cb = trainer.checkpoint_callback
+    best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
+    metrics = evaluate_checkpoint(cfg, best, out_dir, trainer=trainer, datamodule=dm,
+                                  write_calibration=True)
+    if ckpt_cb.best_model_score is not None:
+        metrics["optimized_metric"] = float(ckpt_cb.best_model_score)
+        metrics["optimized_metric_name"] = str(cfg.optimized_metric)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics, {"trainer": trainer, "module": module, "datamodule": dm}
+
+
+def evaluate_checkpoint(
+    cfg: DictConfig, ckpt_path: Path, out_dir: Path, trainer: L.Trainer | None = None,
+    datamodule: L.LightningDataModule | None = None, write_calibration: bool = False,
+    recalibrate: bool = False,
+) -> dict[str, Any]:
+    """Load `ckpt_path` safely, calibrate on validation if needed, test; write results to out_dir."""
+    from maelab.figures import write_figures
+
+    state = safe_torch_load(ckpt_path)
+    dm = datamodule or build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    module.load_state_dict(state["state_dict"])
+    if trainer is None:
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=_instantiate_all(
+            {k: v for k, v in (cfg.get("callbacks") or {}).items() if k == "progress_bar"}))
+    if recalibrate or not module.calibrated:
+        module.calibrate_on_validation = True
+        trainer.validate(module, datamodule=dm, verbose=False)
+        module.calibrate_on_validation = False
+        if write_calibration:
+            state["state_dict"] = {**state["state_dict"], **{
+                k: v for k, v in module.state_dict().items() if k.startswith("cal_")}}
+            atomic_torch_save(ckpt_path, state)
+    trainer.test(module, datamodule=dm, verbose=False)
+    results = module.test_outputs
+    metrics = {
+        "model": model_name(cfg), "checkpoint": str(ckpt_path), "score": results["score"],
+        "mask_last_n": results["mask_last_n"], "level": dm.eval_level,
+        "test": results["metrics"], "primary": results["metrics"][results["score"]],
+    }
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    figures = write_figures(module, dm, results, out_dir / "figures")
+    _log_figures(trainer.loggers, figures)
+    print_metrics_table(metrics)
+    return metrics
+
+
+def _log_figures(loggers: list, figures: dict) -> None:
+    """Send figures to loggers that take images (TensorBoard, wandb); CSV takes none."""
+    for lg in loggers:
+        for name, fig in figures.items():
+            if hasattr(lg.experiment, "add_figure"):
+                lg.experiment.add_figure(f"eval/{name}", fig)
+            elif hasattr(lg, "log_image"):
+                lg.log_image(key=f"eval/{name}", images=[fig])
+
+
+def load_run_config(ckpt_path: Path, state: dict) -> DictConfig:
+    """The config of the run that wrote `ckpt_path`: <run>/.hydra/config.yaml, else the ckpt's."""
+    cfg_path = ckpt_path.parent.parent / ".hydra" / "config.yaml"
+    if cfg_path.exists():
+        return OmegaConf.load(cfg_path)
+    run_config = state.get("hyper_parameters", {}).get("run_config")
+    if run_config is None:
+        raise FileNotFoundError(
+            f"no run config for {ckpt_path}: expected {cfg_path} (the run's Hydra config) or "
+            "hyper-parameters inside the checkpoint"
+        )
+    return OmegaConf.create(run_config)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """evaluate.py: rebuild data and model from the run's saved config and test the checkpoint."""
+    ckpt_path = Path(cfg.ckpt).expanduser().resolve()
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt={cfg.ckpt!r}: no such checkpoint file")
+    state = safe_torch_load(ckpt_path)
+    if "state_dict" not in state or "hyper_parameters" not in state:
+        raise ValueError(f"ckpt={cfg.ckpt!r} is not a maelab/Lightning checkpoint")
+    run_cfg = load_run_config(ckpt_path, state)
+    run_dir = ckpt_path.parent.parent
+    overrides = {k: cfg[k] for k in ("score", "mask_last_n", "threshold", "point_adjust", "data")
+                 if cfg.get(k) is not None}
+    run_cfg = OmegaConf.merge(run_cfg, {"paths": {"output_dir": str(run_dir)}})
+    for key, value in overrides.items():
+        OmegaConf.update(run_cfg, key, value, merge=key != "data", force_add=True)
+    validate_config(run_cfg)
+    saved_class = (state["hyper_parameters"].get("run_config") or {}).get("model", {}).get("_target_")
+    if saved_class != run_cfg.model._target_:
+        raise ValueError(f"ckpt={cfg.ckpt!r} holds a {saved_class} but the run config builds "
+                         f"{run_cfg.model._target_}")
+    L.seed_everything(run_cfg.seed, workers=True)
+    return evaluate_checkpoint(run_cfg, ckpt_path, run_dir / "eval",
+                               recalibrate="threshold" in overrides)

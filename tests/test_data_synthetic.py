@@ -1,0 +1,50 @@
+import numpy as np
+
+from maelab.data.synthetic_anomaly import ANOMALY_TYPES, generate_windows
+from maelab.data.synthetic_datamodule import SyntheticAnomalyDataModule
+
+
+def test_deterministic_by_seed():
+    a, b = generate_windows(200, seed=7), generate_windows(200, seed=7)
+    c = generate_windows(200, seed=8)
+    assert np.array_equal(a.x, b.x) and np.array_equal(a.point_labels, b.point_labels)
+    assert not np.array_equal(a.x, c.x)
+
+
+def test_labels_consistent_and_shares():
+    w = generate_windows(4000, anomaly_share=0.25, labelled_share=0.03, focus_last=10, seed=1)
+    assert w.x.shape == (4000, 100, 5) and w.x.dtype == np.float32
+    assert np.array_equal(w.label, (w.anomaly_type > 0).astype(int)), "window label = injected"
+    assert abs(w.label.mean() - 0.25) < 1e-9
+    assert abs(w.labelled.mean() - 0.03) < 1e-9 and (w.anomaly_type[w.labelled] > 0).all()
+    assert set(np.unique(w.anomaly_type)) == set(range(len(ANOMALY_TYPES)))
+    scored = w.point_labels[:, -10:].any(1)
+    assert scored.mean() > 0.6 * 0.25, "most anomalies overlap the scored region"
+    assert not scored[w.anomaly_type == 0].any()
+
+
+def test_anomalies_change_the_signal():
+    clean = generate_windows(500, anomaly_share=0.0, seed=3)
+    dirty = generate_windows(500, anomaly_share=1.0, seed=3)
+    inside = dirty.point_labels.astype(bool)
+    diff = np.abs(dirty.x - clean.x).max(-1)  # same latent draws up to the injection
+    assert diff[inside].mean() > 5 * diff[~inside].mean()
+
+
+def test_features_are_correlated():
+    w = generate_windows(500, anomaly_share=0.0, seed=4)
+    c = np.corrcoef(w.x.reshape(-1, 5).T)
+    assert c[0, 4] > 0.5 and c[0, 3] > 0.5  # cpu ~ response_time, cpu ~ network
+
+
+def test_datamodule_splits_and_normalisation():
+    dm = SyntheticAnomalyDataModule(n_train=300, n_val=100, n_test=200, train_contamination=0.05,
+                                    train_labelled_share=0.03, test_anomaly_share=0.25)
+    dm.setup()
+    train = dm.datasets["train"]
+    assert len(train) == 300 and abs(float(train.x.mean())) < 0.05
+    assert int(train.labelled.sum()) == 9 and int(train.label.sum()) == 24
+    assert int(dm.datasets["test"].label.sum()) == 50
+    batch = next(iter(dm.test_dataloader()))
+    assert set(batch) == {"x", "point_labels", "labelled", "label", "anomaly_type", "start",
+                          "series"}

@@ -1,0 +1,19 @@
+"""Train a model: `python train.py [overrides]` (see conf/train.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from maelab.env import configure_environment
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from maelab.pipeline import train
+
+    metrics, _ = train(cfg)
+    return metrics.get("optimized_metric")
+
+
+if __name__ == "__main__":
+    configure_environment()
+    main()
