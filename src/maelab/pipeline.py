@@ -94,7 +94,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
                           logger=loggers or False)
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
     metrics = evaluate_checkpoint(cfg, best, out_dir, trainer=trainer, datamodule=dm,

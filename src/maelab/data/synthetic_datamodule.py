@@ -6,6 +6,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from maelab.data.samplers import EpochSeededSampler
 from maelab.data.synthetic_anomaly import ANOMALY_TYPES, feature_names, generate_windows
 from maelab.data.window_dataset import WindowDataset
 from maelab.errors import ConfigError
@@ -81,10 +82,11 @@ class SyntheticAnomalyDataModule(L.LightningDataModule):
             self.datasets[name] = WindowDataset(x, w.point_labels, w.anomaly_type, w.labelled)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        data = self.datasets[name]
         return DataLoader(
-            self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
+            data, batch_size=self.batch_size,
+            sampler=EpochSeededSampler(len(data), self.seed) if shuffle else None,
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:

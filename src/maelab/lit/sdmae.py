@@ -104,8 +104,14 @@ class SDMAEModule(L.LightningModule):
         return sdmae_loss(out, x, anomalous, lw["lambda_disc"], lw["margin"], ramp,
                           lw["discrepancy"])
 
+    def _generator(self, device: torch.device, *stream: int) -> torch.Generator:
+        """A generator seeded from (seed, *stream): masks independent of how the run got here."""
+        seed = hash((self.hparams.seed, *stream)) % (2**63)
+        return torch.Generator(device=device).manual_seed(seed)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        parts = self._loss(batch, None)
+        g = self._generator(batch["x"].device, self.current_epoch, batch_idx, self.global_rank)
+        parts = self._loss(batch, g)  # fresh masks per batch, reproducible on resume
         if not torch.isfinite(parts["loss"]):
             raise FloatingPointError(
                 f"non-finite training loss {parts['loss'].item()} at epoch {self.current_epoch}, "
@@ -132,7 +138,7 @@ class SDMAEModule(L.LightningModule):
         return out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        g = torch.Generator(device=batch["x"].device).manual_seed(self.hparams.seed + batch_idx)
+        g = self._generator(batch["x"].device, -1, batch_idx, self.global_rank)
         parts = self._loss(batch, g)  # fixed masks: comparable across epochs
         self.log_dict({f"val/{k}": v for k, v in parts.items()}, on_epoch=True, prog_bar=False,
                       batch_size=batch["x"].shape[0], sync_dist=True)

@@ -1,0 +1,97 @@
+"""train(cfg) → checkpoints and metrics.json; evaluate(cfg) reproduces them; bad configs fail early."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from maelab.errors import ConfigError
+from maelab.masking.series import STRATEGIES
+from maelab.pipeline import evaluate, train
+from tests.conftest import compose_cfg
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_train_fast_writes_metrics_and_checkpoints(tiny_train_cfg, strategy):
+    cfg = tiny_train_cfg(f"masking={strategy}", name=strategy)
+    metrics, _ = train(cfg)
+    out = cfg.paths.output_dir
+    on_disk = json.load(open(f"{out}/metrics.json"))
+    assert on_disk["test"] == json.loads(json.dumps(metrics["test"]))
+    assert set(on_disk["test"]) == {"discrepancy", "reconstruction", "combined"}
+    for name in ("best.ckpt", "last.ckpt"):
+        assert Path(out, "checkpoints", name).exists()
+    assert 0.0 <= on_disk["primary"]["auroc"] <= 1.0
+    assert Path(out, ".hydra", "config.yaml").exists()
+
+
+def test_evaluate_reproduces_training_metrics(tiny_train_cfg, tmp_path):
+    cfg = tiny_train_cfg("masking=patch", name="run")
+    metrics, _ = train(cfg)
+    ckpt = metrics["checkpoint"]
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}"]))
+    for score, row in metrics["test"].items():
+        for key, value in row.items():
+            if isinstance(value, float) and not math.isnan(value):
+                assert again["test"][score][key] == pytest.approx(value, abs=1e-6), (score, key)
+    assert (tmp_path / "run" / "eval" / "metrics.json").exists()
+    assert (tmp_path / "run" / "eval" / "figures" / "roc_pr.png").stat().st_size > 0
+
+
+def test_evaluate_overrides_score_and_scored_region(tiny_train_cfg, tmp_path):
+    metrics, _ = train(tiny_train_cfg("masking=token", name="run"))
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",
+                                              "score=reconstruction", "mask_last_n=20"]))
+    assert again["score"] == "reconstruction" and again["mask_last_n"] == 20
+    with pytest.raises(ConfigError, match="mask_last_n"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "mask_last_n=100"]))
+
+
+def test_evaluate_bad_checkpoint_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ckpt"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={tmp_path}/missing.ckpt"]))
+    import torch
+
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(ValueError, match="not a maelab"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={foreign}"]))
+    lone = tmp_path / "lone" / "checkpoints" / "best.ckpt"
+    lone.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, lone)
+    with pytest.raises(FileNotFoundError, match="run config"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={lone}"]))
+
+
+BAD = [
+    (["patch_size=7"], "patch_size"),
+    (["masking_ratio=1.2"], "masking_ratio"),
+    (["masking_ratio=0"], "masking_ratio"),
+    (["masking_ratio=0.01"], "masking_ratio"),
+    (["masking_ratio=0.99"], "masking_ratio"),
+    (["model.net.d_model=0"], "model.net.d_model"),
+    (["model.net.encoder_depth=-1"], "model.net.encoder_depth"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["mask_last_n=15"], "mask_last_n"),
+    (["mask_last_n=100"], "mask_last_n"),
+    (["score=bogus"], "score"),
+    (["model.net.decoders=[teacher]", "score=discrepancy"], "score"),
+    (["threshold.method=median"], "threshold.method"),
+    (["+masking.strategy=bogus"], "masking"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), BAD)
+def test_bad_config_raises_before_training(tiny_train_cfg, overrides, key, tmp_path):
+    cfg = tiny_train_cfg(*[o.replace("+masking", "masking") for o in overrides])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists(), "failed before any training"
+
+
+def test_unknown_masking_choice_lists_options():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="patch"):
+        compose_cfg("train", ["masking=bogus"])
