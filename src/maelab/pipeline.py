@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def data_info(dm: L.LightningDataModule) -> dict[str, Any]:
-    """What the model and the metrics need to know about a set-up DataModule (plain types)."""
+    """What the model and the metrics need to know about a set-up DataModule (plain types).
+
+    A DataModule with an `info()` method describes itself; window DataModules use the fields here.
+    """
+    if hasattr(dm, "info"):
+        return dm.info()
     return {
         "seq_length": int(dm.seq_length), "num_features": int(dm.num_features),
         "feature_names": list(dm.feature_names), "anomaly_types": list(dm.anomaly_types),
@@ -44,11 +49,12 @@ def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> L.LightningModul
     """Instantiate the configured LightningModule with plain-dict hyper-parameters."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     cls = get_class(kwargs.pop("_target_"))
-    scoring = {"score": cfg.score, "mask_last_n": cfg.mask_last_n,
-               "threshold": OmegaConf.to_container(cfg.threshold, resolve=True),
-               "point_adjust": bool(cfg.point_adjust)}
+    if model_name(cfg) == "sdmae":
+        kwargs["scoring"] = {"score": cfg.score, "mask_last_n": cfg.mask_last_n,
+                             "threshold": OmegaConf.to_container(cfg.threshold, resolve=True),
+                             "point_adjust": bool(cfg.point_adjust)}
     return cls(**kwargs, masking=OmegaConf.to_container(cfg.masking, resolve=True),
-               scoring=scoring, data_info=data_info(dm), seed=int(cfg.seed),
+               data_info=data_info(dm), seed=int(cfg.seed),
                run_config=OmegaConf.to_container(cfg, resolve=False))
 
 
@@ -111,9 +117,11 @@ def evaluate_checkpoint(
     datamodule: L.LightningDataModule | None = None, write_calibration: bool = False,
     recalibrate: bool = False,
 ) -> dict[str, Any]:
-    """Load `ckpt_path` safely, calibrate on validation if needed, test; write results to out_dir."""
-    from maelab.figures import write_figures
+    """Load `ckpt_path` safely, calibrate on validation if needed, test; write results to out_dir.
 
+    The LightningModule provides `calibrated`, `calibrate_on_validation`, and after testing
+    `test_outputs["summary"]` (JSON-able, with a `test` table) and `write_figures(dm, out_dir)`.
+    """
     state = safe_torch_load(ckpt_path)
     dm = datamodule or build_datamodule(cfg)
     module = build_module(cfg, dm)
@@ -130,14 +138,10 @@ def evaluate_checkpoint(
                 k: v for k, v in module.state_dict().items() if k.startswith("cal_")}}
             atomic_torch_save(ckpt_path, state)
     trainer.test(module, datamodule=dm, verbose=False)
-    results = module.test_outputs
-    metrics = {
-        "model": model_name(cfg), "checkpoint": str(ckpt_path), "score": results["score"],
-        "mask_last_n": results["mask_last_n"], "level": dm.eval_level,
-        "test": results["metrics"], "primary": results["metrics"][results["score"]],
-    }
+    metrics = {"model": model_name(cfg), "checkpoint": str(ckpt_path),
+               **module.test_outputs["summary"]}
     atomic_write_json(out_dir / "metrics.json", metrics)
-    figures = write_figures(module, dm, results, out_dir / "figures")
+    figures = module.write_figures(dm, out_dir / "figures")
     _log_figures(trainer.loggers, figures)
     print_metrics_table(metrics)
     return metrics

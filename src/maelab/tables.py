@@ -17,16 +17,22 @@ def _fmt(v: Any) -> str:
 
 
 def print_metrics_table(metrics: dict[str, Any], console: Console | None = None) -> None:
-    """One row per score type; the primary score marked with *. F1 etc. at the validation
-    threshold; best_f1_oracle uses the test labels and is not a deployable figure."""
+    """One row per entry of `metrics["test"]` (score type, modality, ...), numeric columns.
+
+    SD-MAE: F1 etc. are at the validation threshold; best F1 (oracle) uses the test labels and
+    is not a deployable figure. The primary score is marked with *.
+    """
     rows = metrics["test"]
-    cols = [c for c in COLUMNS if any(c in r for r in rows.values())]
-    table = Table(title=f"{metrics['model']} test metrics ({metrics['level']} level, "
-                        f"last {metrics['mask_last_n']} steps scored)")
-    table.add_column("score")
+    numeric = {k for r in rows.values() for k, v in r.items() if isinstance(v, int | float)}
+    cols = [c for c in COLUMNS if c in numeric] or sorted(numeric - {"n", "n_anomalous"})
+    title = f"{metrics['model']} test metrics"
+    if "mask_last_n" in metrics:
+        title += f" ({metrics['level']} level, last {metrics['mask_last_n']} steps scored)"
+    table = Table(title=title)
+    table.add_column("")
     for c in cols:
         table.add_column(HEADERS.get(c, c), justify="right")
     for name, r in rows.items():
-        mark = " *" if name == metrics["score"] else ""
+        mark = " *" if name == metrics.get("score") else ""
         table.add_row(name + mark, *(_fmt(r.get(c)) for c in cols))
     (console or Console(width=max(120, Console().width))).print(table)

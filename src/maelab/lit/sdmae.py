@@ -265,9 +265,18 @@ class SDMAEModule(L.LightningModule):
                 m["vus_pr"] = vus_pr(scores[name].cpu(), labels.cpu())
             m["threshold_rule"] = "percentile" if self.cal_percentile_rule[i] else "f1"
             results[name] = m
+        level = self.hparams.data_info.get("eval_level", "window")
         self.test_outputs = {
+            "summary": {"score": self.score, "mask_last_n": self.mask_last_n, "level": level,
+                        "test": results, "primary": results[self.score]},
             "metrics": results, "score": self.score, "mask_last_n": self.mask_last_n,
             "scores": {k: v.cpu().numpy() for k, v in scores.items()},
             "labels": labels.cpu().numpy(),
             "thresholds": {n: float(self.cal_threshold[i]) for i, n in enumerate(SCORE_TYPES)},
         }
+
+    def write_figures(self, dm: L.LightningDataModule, out_dir) -> dict:
+        """ROC/PR, score histogram, example windows or series scores (see maelab.figures)."""
+        from maelab.figures import write_figures
+
+        return write_figures(self, dm, self.test_outputs, out_dir)

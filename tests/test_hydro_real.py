@@ -1,0 +1,74 @@
+"""Real data through the same DataModule: HadUK-Grid rainfall and CAMELS-GB (skipped without
+the shared data folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from maelab.data.hydro_datamodule import HydroDataModule
+from maelab.data.land_mask import X_CENTRES, Y_CENTRES, default_land_mask
+
+DATA = (Path(__file__).parents[1] / "../shared/data").resolve()
+CONF = Path(__file__).parents[1] / "conf"
+HADUK, CAMELS = DATA / "haduk_grid_rainfall", DATA / "camels_gb"
+
+
+def _dm(data: str, root: Path, cache: Path) -> HydroDataModule:
+    if not root.is_dir():
+        pytest.skip(f"{root} not available")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"data={data}", "masking=unified", "masking_ratio=0.75", "debug=fast",
+            f"data.root={root}", f"data.cache_dir={cache}"])
+    return instantiate(cfg.data)
+
+
+def test_haduk_rainfall_orientation_and_land_mask(tmp_path: Path) -> None:
+    dm = _dm("haduk_rainfall", HADUK, tmp_path)
+    dm.prepare_data()
+    store = dm.store
+    assert store.grid_names == ["precipitation"] and store.series_names == []
+    assert store.n_days == 365 and str(store.days[0]) == "2021-01-01"
+    with xr.open_dataset(sorted(HADUK.glob("*.nc"))[2]) as src:  # March
+        y, x = src.projection_y_coordinate.values, src.projection_x_coordinate.values
+        assert np.allclose(y, Y_CENTRES) and np.allclose(x, X_CENTRES)  # row 0 = south
+        assert src.latitude.values[0, 90] < src.latitude.values[-1, 90]
+        day = src.rainfall.isel(time=4).values.astype(np.float32)  # 2021-03-05
+    want = dm.layout.extract(day)
+    assert np.array_equal(store.grids["precipitation"][store.day_index("2021-03-05")], want,
+                          equal_nan=True)
+    land = default_land_mask()
+    has_data = np.isfinite(day)
+    assert has_data[land].mean() > 0.98  # the mask's land holds rainfall …
+    assert land[has_data].mean() > 0.9  # … and rainfall lies on the mask's land
+    assert has_data[::-1][land].mean() < 0.6  # flipped north-south it would not
+    b = next(iter(dm.train_dataloader()))
+    assert b["present"]["precipitation"].all() and not b["present"]["temperature"].any()
+    assert not b["present"]["riverflow"].any() and not b["series_valid"]["riverflow"].any()
+    valid = b["grid_valid"]["precipitation"]
+    assert 0.85 < valid.float().mean() < 1 and torch.equal(valid, ~torch.isnan(
+        b["grids"]["precipitation"]))
+    assert (b["grid_mask"]["precipitation"].sum(-1) == 70).all()
+
+
+def test_camels_gb_series(tmp_path: Path) -> None:
+    dm = _dm("camels_gb", CAMELS, tmp_path)
+    dm.setup()
+    assert len(dm.catchment_ids) == 60 and dm.n_static == 0
+    assert dm.present["riverflow"] and not dm.present["evaporation"]
+    assert not any(dm.present[g] for g in dm.grid_names)
+    assert dm.stats["riverflow"]["log"] and not dm.stats["catchment_temperature"]["log"]
+    assert str(dm.store.days[0]) == "1989-01-01" and str(dm.store.days[-1]) == "2015-09-30"
+    b = next(iter(dm.val_dataloader()))
+    assert b["series"]["riverflow"].shape == (8, 90) and b["series_valid"]["riverflow"].all()
+    assert torch.isnan(b["series"]["evaporation"]).all() and b["static"].shape == (8, 0)
+    assert torch.isnan(b["grids"]["precipitation"]).all()
+    q = dm.denormalise("riverflow", b["series"]["riverflow"])
+    assert (q >= 0).all() and q.max() < 200  # mm/day
