@@ -9,11 +9,15 @@ Run directory layout:
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from maelab.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
@@ -34,7 +38,7 @@ def data_info(dm: L.LightningDataModule) -> dict[str, Any]:
         "seq_length": int(dm.seq_length), "num_features": int(dm.num_features),
         "feature_names": list(dm.feature_names), "anomaly_types": list(dm.anomaly_types),
         "eval_level": dm.eval_level, "val_has_labels": bool(dm.val_has_labels),
-        "train_has_labels": bool(dm.train_has_labels),
+        "train_has_labels": bool(dm.train_has_labels), "batch_size": int(dm.batch_size),
     }
 
 
@@ -87,28 +91,47 @@ def _single_log_lines() -> None:
             logging.getLogger(name).propagate = True
 
 
+def _strategy(cfg: DictConfig) -> str:
+    """The trainer's strategy; `ddp` becomes `ddp_spawn` inside a Hydra multirun.
+
+    Lightning's `ddp` launcher re-runs the command line for each extra rank; under `-m` that
+    command starts a second sweep. Spawned ranks run inside this job instead.
+    """
+    strategy = cfg.trainer.get("strategy", "auto")
+    if strategy == "ddp" and HydraConfig.initialized() and \
+            HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.info("multirun: trainer.strategy=ddp -> ddp_spawn (one sweep, not one per rank)")
+        return "ddp_spawn"
+    return strategy
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, calibrate on validation, test the best checkpoint; write metrics.json and figures."""
     _single_log_lines()
     validate_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    save_run_config(cfg, out_dir)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        save_run_config(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     resume = resolve_resume(cfg, out_dir)
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
-                          logger=loggers or False)
+                          logger=loggers or False, strategy=_strategy(cfg))
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
-    metrics = evaluate_checkpoint(cfg, best, out_dir, trainer=trainer, datamodule=dm,
+    # spawned ranks send back fitted weights only, not calibration: evaluate in this process then
+    eval_trainer = None if trainer.strategy.launcher and isinstance(
+        trainer.strategy.launcher, _MultiProcessingLauncher) else trainer
+    metrics = evaluate_checkpoint(cfg, best, out_dir, trainer=eval_trainer, datamodule=dm,
                                   write_calibration=True)
     if ckpt_cb.best_model_score is not None:
         metrics["optimized_metric"] = float(ckpt_cb.best_model_score)
         metrics["optimized_metric_name"] = str(cfg.optimized_metric)
-    atomic_write_json(out_dir / "metrics.json", metrics)
+    if trainer.is_global_zero:
+        atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics, {"trainer": trainer, "module": module, "datamodule": dm}
 
 
@@ -126,24 +149,26 @@ def evaluate_checkpoint(
     dm = datamodule or build_datamodule(cfg)
     module = build_module(cfg, dm)
     module.load_state_dict(state["state_dict"])
-    if trainer is None:
-        trainer = instantiate(cfg.trainer, logger=False, callbacks=_instantiate_all(
-            {k: v for k, v in (cfg.get("callbacks") or {}).items() if k == "progress_bar"}))
+    if trainer is None:  # one device: results are the same as gathered over ranks
+        trainer = instantiate(
+            cfg.trainer, logger=False, devices=1, num_nodes=1, strategy="auto",
+            callbacks=_instantiate_all(
+                {k: v for k, v in (cfg.get("callbacks") or {}).items() if k == "progress_bar"}))
     if recalibrate or not module.calibrated:
         module.calibrate_on_validation = True
         trainer.validate(module, datamodule=dm, verbose=False)
         module.calibrate_on_validation = False
-        if write_calibration:
+        if write_calibration and trainer.is_global_zero:
             state["state_dict"] = {**state["state_dict"], **{
                 k: v for k, v in module.state_dict().items() if k.startswith("cal_")}}
             atomic_torch_save(ckpt_path, state)
     trainer.test(module, datamodule=dm, verbose=False)
     metrics = {"model": model_name(cfg), "checkpoint": str(ckpt_path),
                **module.test_outputs["summary"]}
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    figures = module.write_figures(dm, out_dir / "figures")
-    _log_figures(trainer.loggers, figures)
-    print_metrics_table(metrics)
+    if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        _log_figures(trainer.loggers, module.write_figures(dm, out_dir / "figures"))
+        print_metrics_table(metrics)
     return metrics
 
 

@@ -1,16 +1,36 @@
-"""A shuffling sampler whose order depends only on (seed, epoch), so a resumed run sees the same
-batches as an uninterrupted one. Lightning calls `set_epoch` before each epoch."""
+"""Samplers that shard across DDP ranks themselves (`trainer.use_distributed_sampler=false`).
+
+Training order depends only on (seed, epoch), so a resumed run sees the same batches as an
+uninterrupted one, and rank r of W takes every W-th index of that order: the W per-rank batches
+of a step together are exactly the batch a single process would take. Lightning calls
+`set_epoch` before each epoch. Shards are padded by repeating indices to equal length; evaluation
+drops the copies when it gathers results.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _shard(order: torch.Tensor) -> list[int]:
+    rank, world = _rank_and_world()
+    padded = order.repeat(math.ceil(max(len(order), 1) * world / max(len(order), 1)))
+    return padded[: math.ceil(len(order) / world) * world][rank::world].tolist()
+
+
 class EpochSeededSampler(Sampler[int]):
-    """Random permutation of range(n) drawn from a generator seeded with seed + epoch."""
+    """This rank's share of a permutation of range(n) drawn from seed + epoch."""
 
     def __init__(self, n: int, seed: int = 0) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
@@ -20,7 +40,20 @@ class EpochSeededSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(_shard(torch.randperm(self.n, generator=g)))
 
     def __len__(self) -> int:
-        return self.n
+        return math.ceil(self.n / _rank_and_world()[1])
+
+
+class ShardSampler(Sampler[int]):
+    """This rank's share of range(n) in order (validation and test)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(_shard(torch.arange(self.n)))
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / _rank_and_world()[1])

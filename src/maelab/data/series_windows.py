@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from maelab.data.samplers import EpochSeededSampler, ShardSampler
 from maelab.data.smd import load_smd_machines
 from maelab.errors import ConfigError, DataError
 
@@ -340,10 +341,11 @@ class LongSeriesDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self._build()
+        data = self._datasets[split]
         return DataLoader(
-            self._datasets[split],
+            data,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochSeededSampler(len(data)) if shuffle else ShardSampler(len(data)),
             num_workers=self.num_workers,
             collate_fn=_collate,
             persistent_workers=self.num_workers > 0,

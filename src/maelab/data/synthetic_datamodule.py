@@ -6,7 +6,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from maelab.data.samplers import EpochSeededSampler
+from maelab.data.samplers import EpochSeededSampler, ShardSampler
 from maelab.data.synthetic_anomaly import ANOMALY_TYPES, feature_names, generate_windows
 from maelab.data.window_dataset import WindowDataset
 from maelab.errors import ConfigError
@@ -85,7 +85,7 @@ class SyntheticAnomalyDataModule(L.LightningDataModule):
         data = self.datasets[name]
         return DataLoader(
             data, batch_size=self.batch_size,
-            sampler=EpochSeededSampler(len(data), self.seed) if shuffle else None,
+            sampler=EpochSeededSampler(len(data), self.seed) if shuffle else ShardSampler(len(data)),
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
         )
 

@@ -8,6 +8,14 @@ import torch
 from torch import nn
 
 
+def effective_lr(lr: float, batch_size: int, world_size: int, accumulate: int,
+                 base_batch_size: int | None) -> float:
+    """Linear scaling: lr × (batch × ranks × accumulation) / base_batch_size (None: lr as is)."""
+    if not base_batch_size:
+        return lr
+    return lr * batch_size * world_size * accumulate / base_batch_size
+
+
 def adamw_warmup_cosine(
     model: nn.Module, total_steps: int, lr: float, weight_decay: float = 0.05,
     betas: tuple[float, float] = (0.9, 0.999), warmup_fraction: float = 0.1, min_lr_ratio: float = 0.01,

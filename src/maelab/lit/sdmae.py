@@ -10,8 +10,9 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from maelab.errors import ConfigError
-from maelab.lit.optim import adamw_warmup_cosine
+from maelab.lit.optim import adamw_warmup_cosine, effective_lr
 from maelab.lit.sdmae_loss import anomaly_ramp, sdmae_loss
+from maelab.masking.random import KeyedNoise
 from maelab.masking.series import last_steps_mask, random_mask
 from maelab.models.sdmae import SDMAE
 from maelab.scoring import (
@@ -92,7 +93,7 @@ class SDMAEModule(L.LightningModule):
         return scores, out
 
     # ---- training -----------------------------------------------------------------------
-    def _loss(self, batch: dict, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    def _loss(self, batch: dict, generator: KeyedNoise) -> dict[str, torch.Tensor]:
         x = batch["x"]  # (B, T, F)
         m = self.hparams.masking
         mask = random_mask(m["strategy"], x.shape[0], x.shape[1], x.shape[2], m["ratio"],
@@ -104,14 +105,13 @@ class SDMAEModule(L.LightningModule):
         return sdmae_loss(out, x, anomalous, lw["lambda_disc"], lw["margin"], ramp,
                           lw["discrepancy"])
 
-    def _generator(self, device: torch.device, *stream: int) -> torch.Generator:
-        """A generator seeded from (seed, *stream): masks independent of how the run got here."""
-        seed = hash((self.hparams.seed, *stream)) % (2**63)
-        return torch.Generator(device=device).manual_seed(seed)
+    def _noise(self, batch: dict, stream: int) -> KeyedNoise:
+        """Mask noise keyed by sample: the same masks whatever batch, rank or resume draws them."""
+        return KeyedNoise(self.hparams.seed, torch.full_like(batch["start"], stream),
+                          batch["series"], batch["start"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        g = self._generator(batch["x"].device, self.current_epoch, batch_idx, self.global_rank)
-        parts = self._loss(batch, g)  # fresh masks per batch, reproducible on resume
+        parts = self._loss(batch, self._noise(batch, self.current_epoch))  # fresh every epoch
         if not torch.isfinite(parts["loss"]):
             raise FloatingPointError(
                 f"non-finite training loss {parts['loss'].item()} at epoch {self.current_epoch}, "
@@ -122,10 +122,11 @@ class SDMAEModule(L.LightningModule):
         return parts["loss"]
 
     def configure_optimizers(self) -> dict:
-        o = self.hparams.optim
-        return adamw_warmup_cosine(self.net, int(self.trainer.estimated_stepping_batches),
-                                   o["lr"], o["weight_decay"], tuple(o["betas"]),
-                                   o["warmup_fraction"])
+        o, t = self.hparams.optim, self.trainer
+        lr = effective_lr(o["lr"], self.hparams.data_info["batch_size"], t.world_size,
+                          t.accumulate_grad_batches, o.get("base_batch_size"))
+        return adamw_warmup_cosine(self.net, int(t.estimated_stepping_batches), lr,
+                                   o["weight_decay"], tuple(o["betas"]), o["warmup_fraction"])
 
     # ---- validation / test: collect scores -------------------------------------------------
     def _collect(self, batch: dict) -> None:
@@ -138,8 +139,7 @@ class SDMAEModule(L.LightningModule):
         return out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        g = self._generator(batch["x"].device, -1, batch_idx, self.global_rank)
-        parts = self._loss(batch, g)  # fixed masks: comparable across epochs
+        parts = self._loss(batch, self._noise(batch, -1))  # fixed masks: comparable across epochs
         self.log_dict({f"val/{k}": v for k, v in parts.items()}, on_epoch=True, prog_bar=False,
                       batch_size=batch["x"].shape[0], sync_dist=True)
         self._collect(batch)
@@ -161,7 +161,13 @@ class SDMAEModule(L.LightningModule):
         self._collected.clear()
         if self.trainer.world_size > 1:
             data = {k: self.all_gather(v).flatten(0, 1) for k, v in data.items()}
-        return data
+        # one row per window, ordered by (series, start): drops the copies a distributed sampler
+        # pads with, and makes the gathered set identical to a single-process run's
+        key = data["series"] * (int(data["start"].max()) + 1) + data["start"]
+        _, inverse = torch.unique(key, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), len(key), device=key.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(key), device=key.device), "amin")
+        return {k: v[first] for k, v in data.items()}
 
     def level_scores(self, data: dict[str, torch.Tensor]) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """Scores and labels at the evaluation level.

@@ -16,11 +16,10 @@ from typing import Any
 import torch
 
 from maelab.errors import ConfigError
-from maelab.masking.random import hidden_count, random_subset_mask
+from maelab.masking.random import hashed_noise, hidden_count, random_subset_mask
 
 STRATEGIES = ("unified", "independent")
 SERIES_MODES = ("shared", "independent")
-_M32 = 0xFFFFFFFF
 _SERIES_STREAM = 1 << 20  # stream ids of series masks start here, grids use 0 … n_grids
 
 
@@ -61,24 +60,6 @@ class HydroMaskConfig:
             raise ConfigError(f"masking.{extra[0]}", cfg[extra[0]],
                               f"a key of the hydrology masking group: {', '.join(known)}")
         return cls(**{k: cfg[k] for k in known if k in cfg})
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2³²)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & _M32
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _M32
-    return x ^ (x >> 16)
-
-
-def hashed_noise(seed: int, *keys: torch.Tensor | int) -> torch.Tensor:
-    """int64 hash of broadcast integer keys: deterministic per key tuple, uniform in [0, 2³²)."""
-    h = torch.tensor(int(seed) & _M32, dtype=torch.int64)
-    for k in keys:
-        k = torch.as_tensor(k, dtype=torch.int64)
-        h = _mix32((h * 0x9E3779B1 + (k & _M32) + 0x632BE5AB) & _M32)
-    return h
 
 
 def _lowest(noise: torch.Tensor, n_hidden: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from maelab.errors import ConfigError
-from maelab.masking.random import hidden_count, random_subset_mask
+from maelab.masking.random import KeyedNoise, hidden_count, random_subset_mask, uniform
 
 STRATEGIES = ("patch", "token", "temporal", "feature_wise")
 
@@ -25,7 +25,7 @@ def check_strategy(strategy: str) -> None:
 
 def patch_mask(
     batch: int, seq_length: int, patch_size: int, ratio: float,
-    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """(B, T/p): round(ratio × T/p) whole patches hidden per sample."""
     units = seq_length // patch_size
@@ -34,7 +34,7 @@ def patch_mask(
 
 def token_mask(
     batch: int, seq_length: int, ratio: float,
-    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """(B, T): round(ratio × T) single steps hidden per sample, anywhere."""
     return random_subset_mask((batch,), seq_length, hidden_count(ratio, seq_length), generator,
@@ -42,7 +42,7 @@ def token_mask(
 
 
 def _random_composition(
-    batch: int, total: int, parts: int, generator: torch.Generator | None, device
+    batch: int, total: int, parts: int, generator: torch.Generator | KeyedNoise | None, device
 ) -> torch.Tensor:
     """(B, parts) non-negative integers summing to `total`, uniform (stars and bars)."""
     if parts == 1:
@@ -56,7 +56,7 @@ def _random_composition(
 
 def temporal_mask(
     batch: int, seq_length: int, ratio: float, num_spans: int = 3,
-    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """(B, T): round(ratio × T) steps hidden as `num_spans` contiguous spans at random offsets.
 
@@ -77,13 +77,13 @@ def temporal_mask(
 
 def feature_wise_mask(
     batch: int, seq_length: int, num_features: int, ratio: float,
-    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """(B, T, F): round(ratio × T·F) cells hidden, spread evenly over features, random steps each."""
     total = hidden_count(ratio, seq_length * num_features)
     per_feature = torch.full((num_features,), total // num_features, device=device)
     per_feature[: total % num_features] += 1  # (F,)
-    noise = torch.rand((batch, num_features, seq_length), generator=generator, device=device)
+    noise = uniform((batch, num_features, seq_length), generator, device)
     ranks = noise.argsort(dim=-1).argsort(dim=-1)  # (B, F, T)
     return (ranks < per_feature[None, :, None]).transpose(1, 2)  # (B, T, F)
 
@@ -91,7 +91,7 @@ def feature_wise_mask(
 def random_mask(
     strategy: str, batch: int, seq_length: int, num_features: int, ratio: float,
     patch_size: int = 1, num_spans: int = 3,
-    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The training mask of `strategy`, at its own unit granularity (see module docstring)."""
     check_strategy(strategy)
