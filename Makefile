@@ -12,7 +12,7 @@ export WANDB_CONFIG_DIR := $(CURDIR)/.cache/wandb-config
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint bench bench-smd clean
+.PHONY: help install train test test-slow test-all lint bench bench-smd clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -31,6 +31,9 @@ train: $(STAMP) ## train SD-MAE on the embedded synthetic default, then test it
 
 test: $(STAMP) ## the fast test suite
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP) ## only the slow tests (resume after SIGKILL, DDP, launchers)
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
 
 test-all: $(STAMP) ## every test, the slow ones included
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -57,3 +57,30 @@ def test_ddp_multirun_makes_one_sweep_with_two_jobs(tmp_path):
     assert jobs == ["0", "1"]
     assert all((sweep / j / "metrics.json").exists() for j in jobs)
     assert not (tmp_path / "logs").exists(), "a rank started a sweep of its own"
+
+
+@pytest.mark.slow
+def test_submitit_local_multirun_completes(tmp_path):
+    sweep = tmp_path / "sweep"
+    _run("-m", *COMMON, "data.batch_size=32", "hydra/launcher=submitit_local",
+         "hydra.launcher.timeout_min=20", "masking=patch,token", f"hydra.sweep.dir={sweep}")
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1"]
+    for j in jobs:
+        metrics = json.loads((sweep / j / "metrics.json").read_text())
+        assert 0 <= metrics["primary"]["auroc"] <= 1
+
+
+def test_slurm_launcher_config_resolves():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == cfg.hydra.launcher.tasks_per_node == 4
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.trainer.strategy == "ddp"

@@ -17,6 +17,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
@@ -95,10 +96,12 @@ def _strategy(cfg: DictConfig) -> str:
     """The trainer's strategy; `ddp` becomes `ddp_spawn` inside a Hydra multirun.
 
     Lightning's `ddp` launcher re-runs the command line for each extra rank; under `-m` that
-    command starts a second sweep. Spawned ranks run inside this job instead.
+    command starts a second sweep. Spawned ranks run inside this job instead. Ranks started by
+    SLURM or torchrun are left alone: nothing is re-run there.
     """
     strategy = cfg.trainer.get("strategy", "auto")
-    if strategy == "ddp" and HydraConfig.initialized() and \
+    external_ranks = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    if strategy == "ddp" and not external_ranks and HydraConfig.initialized() and \
             HydraConfig.get().mode == RunMode.MULTIRUN:
         log.info("multirun: trainer.strategy=ddp -> ddp_spawn (one sweep, not one per rank)")
         return "ddp_spawn"
