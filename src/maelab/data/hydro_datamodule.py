@@ -377,6 +377,23 @@ class HydroDataModule(L.LightningDataModule):
     def catchment_ids(self) -> list[str]:
         return list(self.store.meta["catchments"])
 
+    def info(self) -> dict[str, Any]:
+        """What a model needs to know about this data, as plain JSON-able types (prepares the
+        store on first use: the static attributes and statistics come from it)."""
+        rows, cols = self.patch_grid_shape
+        return {
+            "grid_names": list(self.grid_names), "series_names": list(self.series_names),
+            "present": {k: bool(v) for k, v in self.present.items()},
+            "patch_size": int(self.patch_size), "seq_len": int(self.seq_len),
+            "n_valid_patches": int(self.n_valid_patches), "n_patches": int(self.n_patches),
+            "patch_grid_shape": [int(rows), int(cols)],
+            "valid_patch_rows": [int(r) for r in self.valid_patch_rows],
+            "valid_patch_cols": [int(c) for c in self.valid_patch_cols],
+            "n_static": int(self.n_static), "static_names": list(self.static_names),
+            "stats": {k: {"mean": float(v["mean"]), "std": float(v["std"]), "log": bool(v["log"])}
+                      for k, v in self.stats.items()},
+        }
+
     def denormalise(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Normalised values of modality `name` → physical units (expm1 for log series)."""
         st = self.stats[name]

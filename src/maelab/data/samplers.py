@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -57,3 +57,12 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return math.ceil(self.n / _rank_and_world()[1])
+
+
+def sharded_loader(
+    data: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0, **kwargs
+) -> DataLoader:
+    """DataLoader over this rank's share: epoch-seeded shuffle for training, in order otherwise."""
+    sampler = EpochSeededSampler(len(data), seed) if shuffle else ShardSampler(len(data))
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, **kwargs)

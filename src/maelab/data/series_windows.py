@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from maelab.data.samplers import EpochSeededSampler, ShardSampler
+from maelab.data.samplers import sharded_loader
 from maelab.data.smd import load_smd_machines
 from maelab.errors import ConfigError, DataError
 
@@ -341,15 +341,8 @@ class LongSeriesDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self._build()
-        data = self._datasets[split]
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=EpochSeededSampler(len(data)) if shuffle else ShardSampler(len(data)),
-            num_workers=self.num_workers,
-            collate_fn=_collate,
-            persistent_workers=self.num_workers > 0,
-        )
+        return sharded_loader(self._datasets[split], self.batch_size, shuffle, self.num_workers,
+                              collate_fn=_collate)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training windows (unlabelled)."""

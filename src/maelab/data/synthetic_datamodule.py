@@ -6,7 +6,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from maelab.data.samplers import EpochSeededSampler, ShardSampler
+from maelab.data.samplers import sharded_loader
 from maelab.data.synthetic_anomaly import ANOMALY_TYPES, feature_names, generate_windows
 from maelab.data.window_dataset import WindowDataset
 from maelab.errors import ConfigError
@@ -82,12 +82,8 @@ class SyntheticAnomalyDataModule(L.LightningDataModule):
             self.datasets[name] = WindowDataset(x, w.point_labels, w.anomaly_type, w.labelled)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        data = self.datasets[name]
-        return DataLoader(
-            data, batch_size=self.batch_size,
-            sampler=EpochSeededSampler(len(data), self.seed) if shuffle else ShardSampler(len(data)),
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )
+        return sharded_loader(self.datasets[name], self.batch_size, shuffle, self.num_workers,
+                              self.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -173,25 +173,23 @@ class SDMAEModule(L.LightningModule):
         """Scores and labels at the evaluation level.
 
         window level: one score per window (mean over the scored steps), label = any anomaly there.
-        point level: one score per scored step, ordered by (series, start).
+        point level: one score per scored step, in (series, start) order (see `_gathered`).
         """
         raw = {k.split("/", 1)[1]: v.double() for k, v in data.items() if k.startswith("score/")}
         if self.hparams.data_info.get("eval_level", "window") == "window":
             labels = data["point_labels"].amax(dim=1)
             types = torch.where(labels > 0, data["anomaly_type"], 0)
             return {k: v.mean(dim=1) for k, v in raw.items()}, labels, types
-        order = torch.argsort(data["series"] * (data["start"].max() + 1) + data["start"])
-        series, start = data["series"][order].cpu(), data["start"][order].cpu()
         if not self.trainer.testing:  # validation windows may overlap: flat per-step scores
-            labels = data["point_labels"][order].flatten()
-            return {k: v[order].flatten() for k, v in raw.items()}, labels, labels.clone()
-        t = self.hparams.data_info["seq_length"]
+            labels = data["point_labels"].flatten()
+            return {k: v.flatten() for k, v in raw.items()}, labels, labels.clone()
+        series, start, t = data["series"].cpu(), data["start"].cpu(), self.hparams.data_info["seq_length"]
         out: dict[str, list] = {k: [] for k in [*raw, "labels"]}
         for sid in series.unique():  # each point after a series' first window scored once
             rows = (series == sid).nonzero().squeeze(1)
             length = int(start[rows].max()) + t
             for k, v in [*raw.items(), ("labels", data["point_labels"].double())]:
-                points = assemble_point_scores(v[order][rows].cpu(), start[rows], t, length)
+                points = assemble_point_scores(v[rows].cpu(), start[rows], t, length)
                 out[k].append(points[~points.isnan()])
         labels = torch.cat(out.pop("labels")).long()
         return {k: torch.cat(v) for k, v in out.items()}, labels, labels.clone()
