@@ -15,6 +15,9 @@ class ConfigError(ValueError):
         self.key, self.value, self.valid = key, value, valid
         super().__init__(f"invalid config `{key}={value!r}`: expected {valid}")
 
+    def __reduce__(self) -> tuple:  # picklable, so process-pool launchers can return it
+        return type(self), (self.key, self.value, self.valid)
+
 
 class DataError(ValueError):
     """Input data is unusable (missing file/variable, wrong shape, non-finite values)."""

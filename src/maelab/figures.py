@@ -34,8 +34,10 @@ def write_figures(
         def stack(key: str) -> np.ndarray | None:
             return np.stack([e[key].numpy() for e in ex]) if key in ex[0] else None
 
+        recon = "teacher" if "teacher" in ex[0] else "student"  # one-decoder ablations
         figs["examples"] = plots.plot_example_windows(
-            stack("x"), stack("teacher"), stack("student"), stack("point_labels"),
+            stack("x"), stack(recon), stack("student") if recon == "teacher" else None,
+            stack("point_labels"),
             [dm.anomaly_types[k] for k in kinds], results["mask_last_n"], dm.feature_names,
             path=out_dir / "examples.png")
     return figs

@@ -27,9 +27,14 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file and rename."""
+    return _atomic_write(path, lambda fh: fh.write(data))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` via a temporary file and rename."""
-    return _atomic_write(path, lambda fh: fh.write(text.encode()))
+    return atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
