@@ -27,7 +27,7 @@ def adamw_warmup_cosine(
             (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=tuple(betas),
+        lr=lr, betas=tuple(betas), fused=True,
     )
     warmup = max(1, int(warmup_fraction * total_steps))
 

@@ -1,0 +1,71 @@
+"""The benchmark suite runs end to end at smoke sizes and writes well-formed bench.json.
+
+No timing assertions: the figures of a `--quick` run on a shared machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from maelab.benchmarks.__main__ import SUITE, main
+from maelab.benchmarks.mfu import build, counted_flops, step_flops
+
+
+def _finite_positive(x: float) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        main(["--quick", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(out.read_text())
+
+
+def test_quick_suite_writes_every_benchmark(quick):
+    assert set(quick) >= {"machine", "settings", "benchmarks", "targets", "seconds", "started"}
+    assert quick["settings"]["quick"] is True
+    assert list(quick["benchmarks"]) == list(SUITE)
+    for name, result in quick["benchmarks"].items():
+        assert "error" not in result, f"{name}: {result.get('error')}"
+        assert _finite_positive(result["seconds"])
+        assert _finite_positive(result["memory"]["peak_rss_mb"])
+    assert {t["met"] for t in quick["targets"]} <= {True, False}
+    assert len(quick["targets"]) == 5  # overhead (1 strategy), encoder, MFU, loader vs step, archive
+
+
+def test_quick_suite_figures(quick):
+    b = quick["benchmarks"]
+    patch = b["sdmae_throughput"]["patch"]
+    for clock in ("wall", "cpu"):
+        assert _finite_positive(patch[clock]["overhead_ratio"])
+        assert _finite_positive(patch[clock]["lightning_windows_per_s"])
+    inf = b["sdmae_inference"]
+    assert inf["scored_points"] == inf["settings"]["length"] - inf["settings"]["seq_length"] + \
+        inf["settings"]["mask_last_n"]  # every point after the first window's context, once
+    enc = b["mmmae_encoder"]
+    assert enc["visible_only"]["tokens"] < enc["all_tokens"]["tokens"]
+    assert _finite_positive(b["mfu"]["mfu"]) and b["mfu"]["counted_vs_analytic"] == pytest.approx(1)
+    assert _finite_positive(b["hydro_loader"]["speedup"])
+    assert _finite_positive(b["hydro_step"]["step_over_loader"])
+    mem = b["memory"]
+    for y in mem["settings"]["years"]:
+        assert _finite_positive(mem[f"{y}y"]["read"]["peak_anon_mb"])
+        assert mem[f"{y}y"]["read"]["windows"] >= mem["settings"]["windows"]
+    assert mem["ratios"]["store_mb"] > 1.5  # the larger archive really is larger
+
+
+def test_analytic_flops_match_the_counter():
+    """The shape-based count equals FlopCounterMode's (plus the attention recomputation)."""
+    model, step = build(d_model=32, depth=1, heads=2, batch_size=1, ratio=0.75, seed=0,
+                        device=torch.device("cpu"), temporal_patch=30)
+    flops = step_flops(model, 1, 0.75, n_static=8)
+    assert counted_flops(step) == flops["model"] + flops["recompute"]
