@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from maelab.data.land_mask import PatchLayout, check_patch_size, load_land_mask
 from maelab.errors import ConfigError
+from maelab.masking.hydro import STRATEGIES as HYDRO_STRATEGIES
 from maelab.masking.random import hidden_count
 from maelab.masking.series import STRATEGIES
+from maelab.models.mmmae import SERIES_SKIPS
 
 THRESHOLD_METHODS = ("f1", "percentile")
 SCORES = ("auto", "discrepancy", "reconstruction", "combined")
@@ -65,12 +68,47 @@ def _check_sdmae(cfg: DictConfig) -> None:
         raise ConfigError("threshold.percentile", cfg.threshold.percentile, "a value in (0, 100)")
 
 
+def _check_mmmae(cfg: DictConfig) -> None:
+    """MM-MAE: masking strategy and ratio vs valid patches and days, network sizes, weights."""
+    strategy = cfg.masking.strategy
+    if strategy not in HYDRO_STRATEGIES:
+        raise ConfigError("masking", strategy, HYDRO_STRATEGIES)
+    seq_len = _positive_int("data.seq_len", cfg.data.seq_len)
+    patch = check_patch_size(cfg.data.patch_size)
+    layout = PatchLayout.build(load_land_mask(cfg.data.land_mask, cfg.data.land_mask_var), patch,
+                               cfg.data.land_threshold)
+    if cfg.masking.enabled:
+        hidden_count(cfg.masking.ratio, layout.n_valid, key="masking_ratio")
+        hidden_count(cfg.masking.ratio, seq_len, key="masking_ratio")
+    net = cfg.model.net
+    for key in ("temporal_patch", "d_model", "depth", "heads", "decoder_dim", "decoder_depth",
+                "decoder_heads"):
+        _positive_int(f"model.net.{key}", net[key])
+    if seq_len % net.temporal_patch:
+        divisors = [d for d in range(1, seq_len + 1) if seq_len % d == 0]
+        raise ConfigError("model.net.temporal_patch", net.temporal_patch,
+                          f"a divisor of data.seq_len={seq_len}: {divisors}")
+    for width, heads in (("d_model", "heads"), ("decoder_dim", "decoder_heads")):
+        if net[width] % net[heads] or net[width] % 4:
+            raise ConfigError(f"model.net.{width}", net[width],
+                              f"a multiple of model.net.{heads}={net[heads]} and of 4")
+    if net.get("series_skip", "interpolation") not in SERIES_SKIPS:
+        raise ConfigError("model.net.series_skip", net.series_skip, SERIES_SKIPS)
+    if not 0 <= float(cfg.model.get("hide_series", 0.0)) <= 1:
+        raise ConfigError("model.hide_series", cfg.model.hide_series, "a probability in [0, 1]")
+    for key, w in (cfg.model.loss.get("weights") or {}).items():
+        if not float(w) >= 0:
+            raise ConfigError(f"model.loss.weights.{key}", w, "a weight ≥ 0")
+    if not float(cfg.model.optim.lr) > 0:
+        raise ConfigError("model.optim.lr", cfg.model.optim.lr, "a value > 0")
+
+
 def model_name(cfg: DictConfig) -> str:
     """Short name of the configured model ('sdmae', 'mmmae'), from its LightningModule target."""
     return str(cfg.model._target_).rsplit(".", 1)[-1].removesuffix("Module").lower()
 
 
-CHECKS = {"sdmae": _check_sdmae}
+CHECKS = {"sdmae": _check_sdmae, "mmmae": _check_mmmae}
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -390,6 +390,7 @@ class HydroDataModule(L.LightningDataModule):
             "valid_patch_rows": [int(r) for r in self.valid_patch_rows],
             "valid_patch_cols": [int(c) for c in self.valid_patch_cols],
             "n_static": int(self.n_static), "static_names": list(self.static_names),
+            "batch_size": int(self.batch_size),
             "stats": {k: {"mean": float(v["mean"]), "std": float(v["std"]), "log": bool(v["log"])}
                       for k, v in self.stats.items()},
         }

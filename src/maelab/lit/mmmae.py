@@ -10,7 +10,6 @@ on every day and reconstructs it from the other modalities. Single-process evalu
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from maelab.errors import ConfigError
 from maelab.lit.mmmae_loss import mmmae_loss, patch_stats
-from maelab.lit.optim import adamw_warmup_cosine
+from maelab.lit.optim import adamw_warmup_cosine, effective_lr
 from maelab.models.mmmae import MMMAE
 from maelab.scoring.hydro_metrics import (
     ErrorSums,
@@ -36,10 +35,8 @@ from maelab.scoring.hydro_metrics import (
     row_key,
 )
 
-log = logging.getLogger(__name__)
-
 MODEL = "mmmae"
-SERIES_BASELINES = ("climatology", "interpolation")
+SERIES_BASELINES = ("climatology", "interpolation", "interpolation_log")
 GRID_BASELINES = ("climatology", "neighbour_mean")
 
 
@@ -50,7 +47,7 @@ class MMMAEModule(L.LightningModule):
 
     def __init__(
         self, net: dict, loss: dict, optim: dict, evaluation: dict, masking: dict, data_info: dict,
-        seed: int = 0, run_config: dict | None = None,
+        hide_series: float = 0.0, seed: int = 0, run_config: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -94,26 +91,38 @@ class MMMAEModule(L.LightningModule):
                 f"non-finite training loss {loss.item()} at epoch {self.current_epoch}; "
                 "the last good checkpoint is kept in checkpoints/last.ckpt")
         b = batch["static"].shape[0]
-        self.log(f"{stage}/loss", parts.pop("loss"), on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=b)
+        self.log(f"{stage}/loss", parts.pop("loss"), on_step=stage == "train", on_epoch=True,
+                 prog_bar=True, batch_size=b)
         self.log_dict({f"{stage}/loss_{k}": v for k, v in parts.items()}, on_step=False,
                       on_epoch=True, batch_size=b)
         return loss
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(self._hide_whole_series(batch, batch_idx), "train")
+
+    def _hide_whole_series(self, batch: Mapping[str, Any], batch_idx: int) -> Mapping[str, Any]:
+        """With probability `hide_series`, one present series is hidden on every day of the
+        batch (cross-modal training: it must come from the other modalities)."""
+        names = [s for s in self.net.series_names if bool(batch["present"][s].any())]
+        if float(self.hparams.hide_series) <= 0 or not names:
+            return batch
+        seed = hash((self.hparams.seed, self.current_epoch, batch_idx, self.global_rank)) % 2**63
+        g = torch.Generator().manual_seed(seed)  # reproducible on resume
+        if float(torch.rand((), generator=g)) >= float(self.hparams.hide_series):
+            return batch
+        s = names[int(torch.randint(len(names), (), generator=g))]
+        masks = {**batch["series_mask"], s: torch.ones_like(batch["series_mask"][s])}
+        return {**batch, "series_mask": masks}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")  # fixed per-sample masks: comparable across epochs
 
     def configure_optimizers(self) -> dict:
-        """AdamW (MAE betas), lr = base_lr × effective batch / 256, warm-up + cosine."""
-        o = self.hparams.optim
-        batch = (int(self.trainer.datamodule.batch_size) * self.trainer.accumulate_grad_batches
-                 * self.trainer.world_size)
-        lr = float(o["base_lr"]) * batch / 256
-        log.info("MM-MAE lr = base_lr %.3g × batch %d / 256 = %.3g", o["base_lr"], batch, lr)
-        return adamw_warmup_cosine(self.net, int(self.trainer.estimated_stepping_batches), lr,
+        """AdamW (MAE betas), lr scaled by the effective batch, linear warm-up + cosine decay."""
+        o, t = self.hparams.optim, self.trainer
+        lr = effective_lr(o["lr"], self.hparams.data_info["batch_size"], t.world_size,
+                          t.accumulate_grad_batches, o.get("base_batch_size"))
+        return adamw_warmup_cosine(self.net, int(t.estimated_stepping_batches), lr,
                                    o["weight_decay"], tuple(o["betas"]), o["warmup_fraction"])
 
     # ---- test: reconstructions, baselines, metrics ----------------------------------------------
@@ -161,12 +170,17 @@ class MMMAEModule(L.LightningModule):
             true, valid = self._phys(s, batch["series"][s]).cpu(), batch["series_valid"][s].cpu()
             hidden = out["series_hidden"][s].cpu()
             c = clim[s][doy, catchment[:, None]]  # (B, T)
-            interp = interpolate_days(true, valid & ~hidden)
+            known = valid & ~hidden
             item = {"true": true, MODEL: self._phys(s, pred).cpu(), "climatology": c,
-                    "interpolation": torch.where(interp.isnan(), c, interp),
+                    "interpolation": interpolate_days(true, known),
                     "select": hidden & valid, "hidden": hidden, "catchment": catchment,
                     "time": batch["time"].cpu()}
-            for method in (MODEL, *SERIES_BASELINES):
+            if self.hparams.data_info["stats"][s]["log"]:  # also linear in log1p space
+                log_interp = interpolate_days(batch["series"][s].cpu(), known)
+                item["interpolation_log"] = self._phys(s, log_interp)
+            for method in (m for m in SERIES_BASELINES if m.startswith("interp") and m in item):
+                item[method] = torch.where(item[method].isnan(), c, item[method])  # none visible
+            for method in (m for m in (MODEL, *SERIES_BASELINES) if m in item):
                 errors[(s, method)].add(item[method], true, item["select"])
             self._test["series"][s].append(item)
         target = ev.get("cross_modal")
@@ -189,8 +203,8 @@ class MMMAEModule(L.LightningModule):
         for key, items in self._test["series"].items():
             data = {k: torch.cat([it[k] for it in items]).numpy() for k in items[0]}
             series[key] = data
-            for method in (MODEL, "climatology", "interpolation"):
-                if key.endswith(":all_hidden") and method == "interpolation":
+            for method in (m for m in (MODEL, *SERIES_BASELINES) if m in data):
+                if key.endswith(":all_hidden") and method.startswith("interpolation"):
                     continue  # nothing visible to interpolate from
                 sc = per_group_scores(data[method], data["true"], data["select"], data["catchment"])
                 row = row_key(key.replace(":all_hidden", " (all days hidden)"), method)

@@ -1,0 +1,100 @@
+"""Hydrology metrics and baselines on hand-built cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from maelab.scoring.hydro_metrics import (
+    ErrorSums,
+    daily_climatology,
+    day_of_year,
+    denormalise,
+    distribution,
+    interpolate_days,
+    kge,
+    neighbour_mean,
+    nse,
+    per_group_scores,
+)
+
+
+def test_perfect_reconstruction_scores() -> None:
+    obs = np.array([1.0, 3.0, 2.0, 5.0, 4.0])
+    assert nse(obs, obs) == 1.0 and kge(obs, obs) == pytest.approx(1.0)
+    acc = ErrorSums()
+    acc.add(torch.tensor(obs), torch.tensor(obs), torch.ones(5, dtype=torch.bool))
+    assert acc.result() == {"rmse": 0.0, "mae": 0.0, "n": 5}
+
+
+def test_nse_and_kge_known_values() -> None:
+    obs = np.array([1.0, 2.0, 3.0, 4.0])
+    assert nse(np.full(4, obs.mean()), obs) == pytest.approx(0.0)  # the mean scores 0
+    assert nse(obs + 1, obs) == pytest.approx(1 - 4 / 5)
+    # scaled by 2: r = 1, α = 2, β = 2 → KGE = 1 − √2
+    assert kge(2 * obs, obs) == pytest.approx(1 - math.sqrt(2))
+    assert math.isnan(nse(np.ones(3), np.ones(3))) and math.isnan(kge(obs[:1], obs[:1]))
+
+
+def test_error_sums_use_selected_positions_only() -> None:
+    acc = ErrorSums()
+    true = torch.tensor([[1.0, float("nan"), 3.0]])
+    pred = torch.tensor([[2.0, 100.0, 1.0]])
+    acc.add(pred, true, torch.tensor([[True, False, True]]))
+    r = acc.result()
+    assert r["rmse"] == pytest.approx(math.sqrt(2.5)) and r["mae"] == pytest.approx(1.5)
+
+
+def test_per_group_scores_pool_windows_of_a_catchment() -> None:
+    obs = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [1.0, 3.0, 2.0]])
+    select = np.array([[True, True, False], [True, True, True], [True, True, True]])
+    groups = np.array([7, 7, 2])
+    sc = per_group_scores(obs, obs, select, groups)
+    assert sc["group"].tolist() == [2, 7] and sc["n"].tolist() == [3, 5]
+    assert np.allclose(sc["nse"], 1.0) and np.allclose(sc["kge"], 1.0)
+    d = distribution(np.array([0.1, np.nan, 0.5, 0.3]))
+    assert d["median"] == pytest.approx(0.3) and d["n"] == 3
+
+
+def test_denormalise_inverts_log1p_normalisation() -> None:
+    q = torch.tensor([0.0, 1.0, 10.0])
+    st = {"mean": 0.5, "std": 2.0, "log": True}
+    z = (torch.log1p(q) - 0.5) / 2.0
+    torch.testing.assert_close(denormalise(z, st), q.double())
+
+
+def test_daily_climatology_and_day_of_year() -> None:
+    days = np.arange(np.datetime64("2001-01-01"), np.datetime64("2003-01-01")).astype(np.int64)
+    doy = day_of_year(days)
+    assert doy[0] == 0 and doy[364] == 364 and doy[365] == 0
+    values = np.stack([np.sin(2 * np.pi * doy / 365), np.full(len(doy), 2.0)], axis=1)  # (D, 2)
+    values[10, 1] = np.nan
+    clim = daily_climatology(values, doy, window=1)
+    assert clim.shape == (366, 2)
+    assert np.allclose(clim[:365, 0], np.sin(2 * np.pi * np.arange(365) / 365))
+    assert np.allclose(clim[:, 1], 2.0)  # NaN ignored; day 366 (no data) → overall mean
+    smooth = daily_climatology(values, doy, window=31)
+    assert np.abs(smooth[:, 0]).max() < 1.0 and np.allclose(smooth[:, 1], 2.0)
+
+
+def test_interpolate_days() -> None:
+    x = torch.tensor([[9.0, 2.0, 9.0, 9.0, 8.0, 9.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    known = torch.tensor([[False, True, False, False, True, False], [False] * 6])
+    out = interpolate_days(x, known)
+    torch.testing.assert_close(out[0], torch.tensor([2.0, 2.0, 4.0, 6.0, 8.0, 8.0],
+                                                    dtype=torch.float64))
+    assert out[1].isnan().all()
+
+
+def test_neighbour_mean_uses_nearest_known_ring() -> None:
+    rows, cols = [0, 0, 0, 2, 4], [0, 1, 2, 0, 4]
+    values = torch.tensor([[1.0, 3.0, 5.0, 7.0, 100.0]])
+    known = torch.tensor([[False, True, True, True, False]])
+    out = neighbour_mean(values, known, rows, cols)
+    # patch 0: ring 1 holds patch 1 only; patch 4 at (4, 4): patches 1, 2, 3 all at distance 4
+    assert out[0, 0].item() == pytest.approx(3.0)
+    assert out[0, 4].item() == pytest.approx((3.0 + 5.0 + 7.0) / 3)
+    assert out[0, 1].item() == pytest.approx(5.0)  # the patch itself is excluded

@@ -1,0 +1,59 @@
+"""MMMAEModule pieces that need no data: pipeline interface, cross-modal training batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from maelab.errors import ConfigError
+from maelab.lit.mmmae import MMMAEModule
+from maelab.lit.mmmae_loss import mmmae_loss
+from tests.test_mmmae_model import COLS, GRIDS, ROWS, SERIES, T, make_batch
+
+INFO = {"grid_names": list(GRIDS), "series_names": list(SERIES), "seq_len": T, "patch_size": 2,
+        "valid_patch_rows": ROWS, "valid_patch_cols": COLS, "patch_grid_shape": [4, 4],
+        "n_static": 5, "batch_size": 3,
+        "stats": {n: {"mean": 0.0, "std": 1.0, "log": n == "riverflow"} for n in (*GRIDS, *SERIES)}}
+NET = {"temporal_patch": 3, "d_model": 16, "depth": 1, "heads": 2, "decoder_dim": 8,
+       "decoder_depth": 1, "decoder_heads": 2}
+
+
+def make_module(**kw: Any) -> MMMAEModule:
+    args = {"net": NET, "loss": {"weights": {}}, "optim": {}, "masking": {"strategy": "unified"},
+            "evaluation": {"climatology_window": 31, "cross_modal": "riverflow"},
+            "data_info": INFO} | kw
+    return MMMAEModule(**args)
+
+
+def test_pipeline_interface() -> None:
+    module = make_module()
+    assert module.calibrated and module.calibrate_on_validation is False
+    module.calibrate_on_validation = True  # set by maelab.pipeline; nothing to do
+    assert module.calibrated
+
+
+def test_hide_series_hides_one_whole_series_of_some_batches() -> None:
+    batch = make_batch()
+    assert make_module(hide_series=0.0)._hide_whole_series(batch, 0) is batch
+    module = make_module(hide_series=1.0)
+    out = module._hide_whole_series(batch, 0)
+    hidden = [n for n in SERIES if out["series_mask"][n].all()]
+    assert len(hidden) == 1 and not batch["series_mask"][hidden[0]].all()
+    assert module._hide_whole_series(batch, 0)["series_mask"][hidden[0]].all()  # reproducible
+    parts = mmmae_loss(module(out), out, {})
+    assert torch.isfinite(parts["loss"]) and parts[hidden[0]] > 0  # scored on every valid day
+    seen = {n for i in range(40) for n in SERIES
+            if make_module(hide_series=0.5)._hide_whole_series(batch, i)["series_mask"][n].all()}
+    assert seen == set(SERIES)
+
+
+@pytest.mark.parametrize(("kw", "key"), [
+    ({"loss": {"weights": {"snow": 1.0}}}, "model.loss.weights.snow"),
+    ({"evaluation": {"climatology_window": 31, "cross_modal": "precipitation"}},
+     "model.evaluation.cross_modal"),
+])
+def test_bad_settings_name_their_key(kw: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        make_module(**kw)

@@ -1,0 +1,96 @@
+"""MM-MAE loss: hidden & valid positions only, per-modality weights, norm_pix_loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from maelab.lit.mmmae_loss import mmmae_loss, patch_stats
+from tests.test_mmmae_model import GRIDS, SERIES, make_batch, make_model
+
+
+def _setup(temporal_patch: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+    model, batch = make_model(temporal_patch), make_batch()
+    with torch.no_grad():
+        out = model(batch)
+    return out, batch
+
+
+def _excluded(out: dict, batch: dict) -> dict[str, torch.Tensor]:
+    """Per modality: positions the loss must ignore (visible, ocean, invalid)."""
+    ex = {n: ~(out["grid_hidden"][n][..., None] & batch["grid_valid"][n]) for n in GRIDS}
+    return ex | {n: ~(out["series_hidden"][n] & batch["series_valid"][n]) for n in SERIES}
+
+
+def _group(name: str) -> str:
+    return "grids" if name in GRIDS else "series"
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+@pytest.mark.parametrize("temporal_patch", [1, 3])
+def test_loss_ignores_visible_ocean_and_invalid_positions(norm_pix_loss: bool,
+                                                          temporal_patch: int) -> None:
+    out, batch = _setup(temporal_patch)
+    ref = mmmae_loss(out, batch, {}, norm_pix_loss)
+    g = torch.Generator().manual_seed(3)
+    pert_out = {**out, "grids": dict(out["grids"]), "series": dict(out["series"])}
+    pert_batch = {**batch, "grids": dict(batch["grids"]), "series": dict(batch["series"])}
+    for name, ex in _excluded(out, batch).items():
+        grp = _group(name)
+        noise = 1e3 * torch.randn(ex.shape, generator=g)
+        pert_out[grp][name] = torch.where(ex, noise, out[grp][name])
+        pert_batch[grp][name] = torch.where(ex, noise, batch[grp][name])
+    got = mmmae_loss(pert_out, pert_batch, {}, norm_pix_loss)
+    for key, value in ref.items():
+        torch.testing.assert_close(got[key], value)
+    # a hidden, valid position does count
+    hidden = ~_excluded(out, batch)["riverflow"]
+    pert_out["series"]["riverflow"] = torch.where(hidden, out["series"]["riverflow"] + 5,
+                                                  out["series"]["riverflow"])
+    assert mmmae_loss(pert_out, batch, {}, norm_pix_loss)["riverflow"] > ref["riverflow"]
+
+
+def test_ocean_cells_and_missing_days_never_count() -> None:
+    out, batch = _setup()
+    valid = batch["grid_valid"]["precipitation"]
+    assert not valid[..., 0].any() and not valid[:, 4].any()  # ocean cell, missing day
+    pred = dict(out["grids"])
+    pred["precipitation"] = pred["precipitation"].clone()
+    pred["precipitation"][..., 0] = 1e6
+    pred["precipitation"][:, 4] = -1e6
+    got = mmmae_loss({**out, "grids": pred}, batch, {})
+    assert got["precipitation"] == mmmae_loss(out, batch, {})["precipitation"]
+
+
+def test_loss_is_weighted_mean_of_modality_losses() -> None:
+    out, batch = _setup()
+    parts = mmmae_loss(out, batch, {"riverflow": 3.0, "temperature": 0.0})
+    names = [*GRIDS, *SERIES]
+    w = {n: 3.0 if n == "riverflow" else 0.0 if n == "temperature" else 1.0 for n in names}
+    want = sum(w[n] * parts[n] for n in names) / sum(w.values())
+    torch.testing.assert_close(parts["loss"], want)
+    manual = out["series"]["riverflow"] - batch["series"]["riverflow"]
+    sel = out["series_hidden"]["riverflow"] & batch["series_valid"]["riverflow"]
+    torch.testing.assert_close(parts["riverflow"], (manual[sel] ** 2).mean())
+
+
+def test_absent_modality_is_skipped_and_loss_backpropagates() -> None:
+    model, batch = make_model(), make_batch()
+    batch["present"]["soil_moisture"] = torch.zeros(3, dtype=torch.bool)
+    out = model(batch)
+    parts = mmmae_loss(out, batch, {})
+    assert "soil_moisture" not in parts and torch.isfinite(parts["loss"])
+    parts["loss"].backward()
+    batch["series_valid"] = {n: torch.zeros_like(v) for n, v in batch["series_valid"].items()}
+    batch["grid_valid"] = {n: torch.zeros_like(v) for n, v in batch["grid_valid"].items()}
+    empty = mmmae_loss(model(batch), batch, {})
+    assert set(empty) == {"loss"} and empty["loss"] == 0 and empty["loss"].requires_grad
+
+
+def test_patch_stats_use_valid_cells_only() -> None:
+    x = torch.tensor([[float("nan"), 1.0, 3.0, 5.0]])
+    mean, std = patch_stats(x, x.isfinite())
+    assert mean.item() == pytest.approx(3.0)
+    assert std.item() == pytest.approx((8 / 3 + 1e-6) ** 0.5)

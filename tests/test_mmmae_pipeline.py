@@ -1,0 +1,146 @@
+"""MM-MAE end to end: train (debug=fast) → evaluate, perfect-reconstruction metrics, configs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+from omegaconf import open_dict
+
+from maelab.benchmarks.mmmae_encoder import run as run_benchmark
+from maelab.errors import ConfigError
+from maelab.pipeline import build_datamodule, build_module, evaluate, train
+from maelab.validation import validate_config
+from tests.conftest import compose_cfg
+
+SMALL = [
+    "experiment=hydro", "debug=fast", "callbacks.progress_bar=null", "data.batch_size=4",
+    "data.synthetic.start=2000-01-01", "data.synthetic.end=2000-04-30",
+    "data.synthetic.n_catchments=3", "data.seq_len=15",
+    "data.splits.train.start=2000-01-01", "data.splits.train.end=2000-02-29",
+    "data.splits.val.start=2000-03-01", "data.splits.val.end=2000-03-31",
+    "data.splits.test.start=2000-04-01", "data.splits.test.end=2000-04-30",
+    "model.net.temporal_patch=5", "model.net.d_model=16", "model.net.depth=1", "model.net.heads=2",
+    "model.net.decoder_dim=16", "model.net.decoder_depth=1", "model.net.decoder_heads=2",
+]
+GRID_ROWS = ("precipitation", "soil_moisture", "temperature")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"data.cache_dir={tmp_path_factory.mktemp('hydro_cache')}"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, cache: str) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("mmmae") / "run"
+    metrics, _ = train(compose_cfg("train", [*SMALL, cache], out))
+    return metrics, out
+
+
+def test_fast_training_writes_metrics_checkpoints_and_figures(trained: tuple[dict, Path]) -> None:
+    metrics, out = trained
+    assert metrics["model"] == "mmmae" and metrics["optimized_metric_name"] == "val/loss"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    rows = on_disk["test"]
+    for g in GRID_ROWS:
+        for method in ("mmmae", "climatology", "neighbour_mean"):
+            assert rows[f"{g} / {method}"]["rmse"] >= 0 and rows[f"{g} / {method}"]["n"] > 0
+    for method in ("mmmae", "climatology", "interpolation"):
+        assert math.isfinite(rows[f"riverflow / {method}"]["nse_median"])
+        assert rows[f"riverflow / {method}"]["n"] == rows["riverflow / mmmae"]["n"]
+    assert "nse_median" in rows["riverflow (all days hidden) / mmmae"]
+    assert on_disk["distributions"]["riverflow / mmmae"]["nse"]["n"] == 3  # catchments
+    for name in ("best.ckpt", "last.ckpt"):
+        assert (out / "checkpoints" / name).exists()
+    for fig in ("map_precipitation", "map_soil_moisture", "map_temperature", "hydrograph"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 0
+
+
+def test_evaluate_reproduces_training_metrics(trained: tuple[dict, Path]) -> None:
+    metrics, out = trained
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}"]))
+    for row, values in metrics["test"].items():
+        for key, value in values.items():
+            if not (isinstance(value, float) and math.isnan(value)):
+                assert again["test"][row][key] == pytest.approx(value, rel=1e-5, abs=1e-8), (row, key)
+    assert (out / "eval" / "metrics.json").exists()
+    assert (out / "eval" / "figures" / "hydrograph.png").stat().st_size > 0
+
+
+def test_perfect_reconstruction_gives_nse_one_and_rmse_zero(tmp_path: Path, cache: str) -> None:
+    cfg = compose_cfg("train", [*SMALL, cache, "logger=[]"], tmp_path / "oracle")
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    real = module.net.forward
+
+    def oracle(batch: dict[str, Any]) -> dict[str, Any]:
+        out = real(batch)  # hidden masks of the model, predictions replaced by the truth
+        out["grids"] = {g: batch["grids"][g].nan_to_num() for g in out["grids"]}
+        out["series"] = {s: batch["series"][s].nan_to_num() for s in out["series"]}
+        return out
+
+    module.net.forward = oracle
+    L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+        module, datamodule=dm, verbose=False)
+    rows = module.test_outputs["summary"]["test"]
+    for g in GRID_ROWS:
+        assert rows[f"{g} / mmmae"]["rmse"] == 0.0 and rows[f"{g} / mmmae"]["mae"] == 0.0
+    for key in ("riverflow / mmmae", "evaporation / mmmae", "riverflow (all days hidden) / mmmae"):
+        assert rows[key]["rmse"] == 0.0 and rows[key]["nse_median"] == pytest.approx(1.0)
+        assert rows[key]["kge_median"] == pytest.approx(1.0)
+    assert rows["riverflow / interpolation"]["nse_median"] < 1.0
+
+
+def test_absent_modalities_train_and_evaluate(tmp_path: Path, cache: str) -> None:
+    absent = ["data.grids.soil_moisture=null", "data.series.evaporation=null", "data.static=null"]
+    metrics, _ = train(compose_cfg("train", [*SMALL, cache, *absent], tmp_path / "absent"))
+    rows = metrics["test"]
+    assert not any(r.startswith(("soil_moisture", "evaporation")) for r in rows)
+    assert rows["precipitation / mmmae"]["n"] > 0 and rows["riverflow / mmmae"]["n"] > 0
+    assert (tmp_path / "absent" / "figures" / "hydrograph.png").exists()
+    assert not (tmp_path / "absent" / "figures" / "map_soil_moisture.png").exists()
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["model.net.temporal_patch=7"], "model.net.temporal_patch"),
+    (["masking_ratio=0.999"], "masking_ratio"),
+    (["masking.strategy=patch"], "masking"),
+    (["model.net.d_model=30", "model.net.heads=3"], "model.net.d_model"),
+    (["model.net.decoder_depth=0"], "model.net.decoder_depth"),
+    (["+model.loss.weights.riverflow=-1"], "model.loss.weights.riverflow"),
+])
+def test_bad_configs_fail_early(overrides: list[str], key: str) -> None:
+    cfg = compose_cfg("train", ["experiment=hydro", *overrides])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(cfg)
+
+
+def test_unknown_loss_weight_names_the_modalities(tmp_path: Path, cache: str) -> None:
+    cfg = compose_cfg("train", [*SMALL, cache, "+model.loss.weights.snow=1.0"], tmp_path / "w")
+    validate_config(cfg)
+    with pytest.raises(ConfigError, match="riverflow"):
+        build_module(cfg, build_datamodule(cfg))
+
+
+def test_experiment_config_composes() -> None:
+    cfg = compose_cfg("train", ["experiment=hydro", "masking=independent", "masking_ratio=0.6"])
+    validate_config(cfg)
+    assert cfg.model._target_ == "maelab.lit.mmmae.MMMAEModule"
+    assert cfg.data.masking.strategy == "independent" and cfg.data.masking.ratio == 0.6
+    assert cfg.optimized_metric == "val/loss" and cfg.optimized_metric_mode == "min"
+    with open_dict(cfg):
+        cfg.masking.enabled = False
+    validate_config(cfg)
+
+
+def test_encoder_benchmark_reports_both_encoders() -> None:
+    r = run_benchmark(batch_size=1, temporal_patch=30, d_model=16, depth=1, heads=2, repeats=1,
+                      warmup=0)
+    assert r["all_tokens"]["tokens"] == 1 + 3 * 3 * 94 + 2 * 90
+    assert r["visible_only"]["tokens"] < r["all_tokens"]["tokens"] / 3
+    assert r["visible_only"]["step_s"] > 0 and r["speedup"] > 0
