@@ -48,6 +48,15 @@ def test_evaluate_overrides_score_and_scored_region(tiny_train_cfg, tmp_path):
         evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "mask_last_n=100"]))
 
 
+def test_evaluate_refuses_checkpoint_of_another_model(tiny_train_cfg, tmp_path):
+    metrics, _ = train(tiny_train_cfg(name="run"))
+    run_cfg = tmp_path / "run" / ".hydra" / "config.yaml"
+    run_cfg.write_text(run_cfg.read_text().replace("maelab.lit.sdmae.SDMAEModule",
+                                                   "maelab.lit.mmmae.MMMAEModule"))
+    with pytest.raises(ValueError, match="holds a maelab.lit.sdmae.SDMAEModule"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}"]))
+
+
 def test_evaluate_bad_checkpoint_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="ckpt"):
         evaluate(compose_cfg("evaluate", [f"ckpt={tmp_path}/missing.ckpt"]))
@@ -90,8 +99,21 @@ def test_bad_config_raises_before_training(tiny_train_cfg, overrides, key, tmp_p
     assert not (tmp_path / "run" / "checkpoints").exists(), "failed before any training"
 
 
-def test_unknown_masking_choice_lists_options():
+@pytest.mark.parametrize(("override", "listed"), [
+    ("masking=bogus", "feature_wise"), ("logger=bogus", "tensorboard"), ("trainer=bogus", "ddp"),
+    ("data=bogus", "synthetic_anomaly"), ("model=bogus", "sdmae"),
+])
+def test_unknown_group_choice_lists_options(override, listed):
     from hydra.errors import MissingConfigException
 
-    with pytest.raises(MissingConfigException, match="patch"):
-        compose_cfg("train", ["masking=bogus"])
+    with pytest.raises(MissingConfigException, match=listed):
+        compose_cfg("train", [override])
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+def test_other_loggers_run_offline(tiny_train_cfg, tmp_path, logger):
+    metrics, objects = train(tiny_train_cfg(f"logger={logger}"))
+    assert metrics["primary"]["auroc"] >= 0
+    written = [p.name for p in (tmp_path / "run").rglob("*")]
+    marker = {"tensorboard": "events.out.tfevents", "wandb": ".wandb"}[logger]
+    assert any(marker in name for name in written), written

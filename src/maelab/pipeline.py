@@ -208,6 +208,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if "state_dict" not in state or "hyper_parameters" not in state:
         raise ValueError(f"ckpt={cfg.ckpt!r} is not a maelab/Lightning checkpoint")
     run_cfg = load_run_config(ckpt_path, state)
+    saved_class = (state["hyper_parameters"].get("run_config") or {}).get("model", {}).get("_target_")
+    if saved_class != run_cfg.model._target_:
+        raise ValueError(f"ckpt={cfg.ckpt!r} holds a {saved_class} but the run config builds "
+                         f"{run_cfg.model._target_}")
     run_dir = ckpt_path.parent.parent
     overrides = {k: cfg[k] for k in ("score", "mask_last_n", "threshold", "point_adjust", "data")
                  if cfg.get(k) is not None}
@@ -215,10 +219,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for key, value in overrides.items():
         OmegaConf.update(run_cfg, key, value, merge=key != "data", force_add=True)
     validate_config(run_cfg)
-    saved_class = (state["hyper_parameters"].get("run_config") or {}).get("model", {}).get("_target_")
-    if saved_class != run_cfg.model._target_:
-        raise ValueError(f"ckpt={cfg.ckpt!r} holds a {saved_class} but the run config builds "
-                         f"{run_cfg.model._target_}")
     L.seed_everything(run_cfg.seed, workers=True)
     return evaluate_checkpoint(run_cfg, ckpt_path, run_dir / "eval",
                                recalibrate="threshold" in overrides)
