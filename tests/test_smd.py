@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -14,6 +15,8 @@ from omegaconf import OmegaConf
 from maelab.data.series_windows import SMDDataModule, scoring_starts, sliding_starts
 from maelab.data.smd import detect_layout, list_machines, load_smd, load_smd_machines
 from maelab.errors import ConfigError, DataError
+from maelab.pipeline import train
+from tests.conftest import compose_cfg
 
 PROJECT = Path(__file__).resolve().parents[1]
 SMD = PROJECT.parent / "shared" / "data" / "smd"
@@ -42,7 +45,7 @@ def write_txt(root: Path, machines: dict[str, dict]) -> Path:
     for name, arrays in machines.items():
         for split, arr in arrays.items():
             (root / split).mkdir(parents=True, exist_ok=True)
-            fmt = "%d" if split == "test_label" else "%.9g"  # %.9g round-trips float32
+            fmt = "%d" if split.endswith("_label") else "%.9g"  # %.9g round-trips float32
             np.savetxt(root / split / f"{name}.txt", arr, fmt=fmt, delimiter=",")
     return root
 
@@ -244,6 +247,66 @@ def test_labelled_slice_validation(three: Path, tmp_path: Path) -> None:
     assert len(dm.train_dataloader().dataset) == 3 * len(sliding_starts(400, 20, 3))
 
 
+def _with_train_labels(seed: int) -> dict:
+    arrays = _synthetic(seed)
+    labels = np.zeros(400, dtype=np.uint8)
+    labels[[50, 51, 52, 200, 390]] = 1  # 390 lies in the validation tail (rows 320-399)
+    return arrays | {"train_label": labels}
+
+
+def test_training_labels_both_layouts(tmp_path: Path) -> None:
+    arrays = _with_train_labels(4)
+    npy = write_npy(tmp_path / "npy", {"machine-1-1": arrays})
+    txt = write_txt(tmp_path / "txt", {"machine-1-1": arrays})
+    a, b = (load_smd_machines(root, "1-1", train_labels=True)[0] for root in (npy, txt))
+    np.testing.assert_array_equal(a.train_labels, arrays["train_label"])
+    np.testing.assert_array_equal(b.train_labels, arrays["train_label"])
+    assert b.paths["train_label"] == txt / "train_label" / "machine-1-1.txt"
+    assert load_smd_machines(npy, "1-1")[0].train_labels is None  # not read unless asked
+
+
+def test_training_labels_reach_train_and_val_windows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    arrays = _with_train_labels(5)
+    root = write_npy(tmp_path / "npy", {"machine-1-1": arrays})
+    dm = _dm(root, machine="1-1", train_labels=True)
+    with caplog.at_level(logging.INFO, logger="maelab.data.series_windows"):
+        dm.setup("fit")
+    assert "training labels read (data.train_labels=true)" in caplog.text
+    assert dm.train_has_labels and dm.val_has_labels
+    train = dm.train_dataloader().dataset
+    batch = train.__getitems__(list(range(len(train))))
+    assert batch["labelled"].all()
+    # a training window is anomalous when any of its 20 steps is
+    expected = [arrays["train_label"][s : s + 20].any() for s in sliding_starts(320, 20, 3)]
+    np.testing.assert_array_equal(batch["label"].numpy(), expected)
+    np.testing.assert_array_equal(batch["anomaly_type"].numpy(), expected)
+    assert 0 < batch["label"].sum() < len(expected)
+    val = dm.val_dataloader().dataset
+    vb = val.__getitems__(list(range(len(val))))
+    assert vb["labelled"].all()
+    tail = arrays["train_label"][320:]  # the validation tail of train
+    expected = np.stack([tail[s : s + 20] for s in scoring_starts(80, 20, 7)])
+    np.testing.assert_array_equal(vb["point_labels"].numpy(), expected)
+    torch.testing.assert_close(vb["label"], vb["point_labels"][:, -7:].amax(dim=1))
+
+
+def test_training_labels_bad_input(tmp_path: Path) -> None:
+    arrays = _with_train_labels(6)
+    root = write_npy(tmp_path / "npy", {"machine-1-1": _synthetic(6)})
+    with pytest.raises(DataError, match="machine-1-1_train_label.npy"):
+        _dm(root, machine="1-1", train_labels=True).setup()
+    short = write_npy(tmp_path / "short", {"machine-1-1": arrays | {"train_label": np.zeros(9)}})
+    with pytest.raises(DataError, match=r"machine-1-1_train_label.npy: 9 labels.*400 rows"):
+        _dm(short, machine="1-1", train_labels=True).setup()
+    twos = write_npy(tmp_path / "twos", {"machine-1-1": arrays | {"train_label": np.full(400, 2)}})
+    with pytest.raises(DataError, match=r"train_label.npy: labels must be 0 or 1, found \[2\]"):
+        _dm(twos, machine="1-1", train_labels=True).setup()
+    with pytest.raises(ConfigError, match="data.train_labels"):
+        _dm(root, machine="1-1", train_labels="yes")
+
+
 @pytest.mark.parametrize(
     ("kw", "key"),
     [
@@ -275,3 +338,29 @@ def test_conf_smd_yaml_instantiates_on_real_data() -> None:
     assert batch["x"].shape == (64, 100, 33) and batch["x"].abs().max() <= 10
     last = dm.test_dataloader().dataset
     assert int(last.starts[-1]) + 100 == dm.series_lengths[1]
+
+
+def test_training_labels_switch_on_the_anomaly_term(tmp_path: Path) -> None:
+    """`experiment=smd data.train_labels=true` trains with the margin term; without, it is 0."""
+    rng = np.random.default_rng(0)
+    base = np.sin(np.arange(600)[:, None] / 7 + np.arange(5)) + 0.05 * rng.standard_normal((600, 5))
+    labels = np.zeros(600, dtype=np.uint8)
+    labels[[100, 101, 300, 301, 302]] = 1
+    train_x = base + 6.0 * labels[:, None]
+    write_npy(tmp_path / "data", {"machine-1-1": {"train": train_x.astype(np.float32),
+                                                  "test": base.astype(np.float32),
+                                                  "test_label": labels, "train_label": labels}})
+    anomaly_term = {}
+    for flag in ("true", "false"):
+        cfg = compose_cfg("train", [
+            "experiment=smd", f"data.root={tmp_path / 'data'}", "data.machine=1-1",
+            f"data.train_labels={flag}", "debug=fast", "logger=csv", "callbacks.progress_bar=null",
+            "data.seq_length=20", "patch_size=5", "mask_last_n=5", "data.train_stride=1",
+            "data.batch_size=256", "model.net.d_model=32", "model.net.encoder_depth=1",
+            "model.net.teacher_depth=2",
+        ], tmp_path / flag)
+        train(cfg)
+        log = pd.read_csv(next((tmp_path / flag).rglob("metrics.csv")))
+        anomaly_term[flag] = log["train/disc_anomaly"].dropna().to_numpy()
+    assert len(anomaly_term["true"]) and (anomaly_term["true"] > 0).all()
+    np.testing.assert_array_equal(anomaly_term["false"], 0.0)

@@ -5,7 +5,11 @@ Each selected series (one per machine) is split into train / validation / test:
 - normalisation (z-score, min-max or none) is fitted per series on its training part only
   (train minus the validation tail) and applied to every split, then clipped to ``±clip``;
 - training windows slide with ``train_stride`` (a tail shorter than one stride is left out);
-- validation is the last ``val_fraction`` of train (unlabelled), or a labelled slice file;
+- validation is the last ``val_fraction`` of train, or a labelled slice file;
+- training labels are optional (``train_labels``, one 0/1 per train step): without them every
+  training window counts as normal and the discrepancy loss has no anomaly term; with them a
+  training window is a labelled anomaly when any of its steps is, and the validation tail
+  carries its labels too;
 - validation and test windows move by ``mask_last_n``; the scored region of a window is its
   last ``mask_last_n`` steps, so every point after the warm-up is scored once, causally.
 
@@ -46,6 +50,7 @@ class SeriesSource(Protocol):
     test: np.ndarray  # (T_test, F)
     test_labels: np.ndarray  # (T_test,) 0/1
     features: np.ndarray  # (F,) column indices in the source files
+    train_labels: np.ndarray | None  # (T_train,) 0/1, or None when not supplied
 
 
 def sliding_starts(length: int, seq_length: int, stride: int) -> np.ndarray:
@@ -83,7 +88,11 @@ def _collate(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 class SeriesWindowDataset(Dataset):
-    """Fixed-length windows cut on access from one (N, F) block of concatenated series."""
+    """Fixed-length windows cut on access from one (N, F) block of concatenated series.
+
+    A window's label is 1 when any of its last `label_span` steps is anomalous: the scored
+    region (`mask_last_n`) for validation and test, the whole window for training.
+    """
 
     def __init__(
         self,
@@ -93,7 +102,7 @@ class SeriesWindowDataset(Dataset):
         starts: np.ndarray,
         series: np.ndarray,
         seq_length: int,
-        mask_last_n: int,
+        label_span: int,
     ) -> None:
         self.values = torch.as_tensor(values, dtype=torch.float32)  # (N, F)
         self.labelled = point_labels is not None
@@ -103,10 +112,10 @@ class SeriesWindowDataset(Dataset):
         self.starts = torch.as_tensor(starts, dtype=torch.int64)  # (W,) start within series
         self.series = torch.as_tensor(series, dtype=torch.int64)  # (W,)
         self.steps = torch.arange(seq_length)  # (L,)
-        # window label = any anomaly in the scored region [off + L - n, off + L)
+        # window label = any anomaly in [off + L - label_span, off + L)
         csum = np.concatenate([[0], np.cumsum(labels)])  # (N + 1,)
         end = offsets + seq_length
-        self.label = torch.as_tensor(csum[end] - csum[end - mask_last_n] > 0).long()  # (W,)
+        self.label = torch.as_tensor(csum[end] - csum[end - label_span] > 0).long()  # (W,)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -134,7 +143,7 @@ class SeriesWindowDataset(Dataset):
 def _window_dataset(
     blocks: list[tuple[int, np.ndarray, np.ndarray | None, np.ndarray]],
     seq_length: int,
-    mask_last_n: int,
+    label_span: int,
 ) -> SeriesWindowDataset:
     """Concatenate (series id, values (T, F), labels (T,) | None, starts (W,)) blocks."""
     offsets, series, row = [], [], 0
@@ -150,7 +159,7 @@ def _window_dataset(
         starts=np.concatenate([b[3] for b in blocks]),
         series=np.concatenate(series),
         seq_length=seq_length,
-        mask_last_n=mask_last_n,
+        label_span=label_span,
     )
 
 
@@ -169,7 +178,6 @@ class LongSeriesDataModule(L.LightningDataModule):
     """
 
     eval_level = "point"
-    train_has_labels = False
 
     def __init__(
         self,
@@ -182,6 +190,7 @@ class LongSeriesDataModule(L.LightningDataModule):
         normalization: str = "zscore",
         clip: float | None = 10.0,
         labelled_slice: str | None = None,
+        train_labels: bool = False,
     ) -> None:
         super().__init__()
         self.seq_length = _positive_int("data.seq_length", seq_length, 2)
@@ -204,7 +213,10 @@ class LongSeriesDataModule(L.LightningDataModule):
             raise ConfigError("data.val_fraction", val_fraction, "a number in (0, 1)")
         self.val_fraction = float(val_fraction)
         self.anomaly_types = ["normal", "anomaly"]
-        self.val_has_labels = self.labelled_slice is not None
+        if not isinstance(train_labels, bool):
+            raise ConfigError("data.train_labels", train_labels, (True, False))
+        self.train_has_labels = train_labels
+        self.val_has_labels = self.labelled_slice is not None or train_labels
         self.norm_stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id -> (loc, scale)
         self._datasets: dict[str, SeriesWindowDataset] | None = None
         self._features = np.zeros(0, dtype=np.int64)
@@ -302,12 +314,17 @@ class LongSeriesDataModule(L.LightningDataModule):
                 )
             if len(s.test) < sl:
                 raise DataError(f"{s.name}: test has {len(s.test)} steps < seq_length={sl}")
+            labels = s.train_labels if self.train_has_labels else None  # (T_train,) | None
+            if self.train_has_labels and labels is None:
+                raise DataError(f"{s.name}: data.train_labels=true but no training labels were read")
             self.norm_stats[sid] = fit_normalization(s.train[:n_fit], self.normalization)
             fit_part = self._normalize(s.train[:n_fit], sid)  # (n_fit, F)
-            train.append((sid, fit_part, None, sliding_starts(n_fit, sl, self.train_stride)))
+            fit_labels = None if labels is None else labels[:n_fit]
+            train.append((sid, fit_part, fit_labels, sliding_starts(n_fit, sl, self.train_stride)))
             if n_val:
                 val_part = self._normalize(s.train[n_fit:], sid)  # (n_val, F)
-                val.append((sid, val_part, None, scoring_starts(n_val, sl, n)))
+                val_labels = None if labels is None else labels[n_fit:]
+                val.append((sid, val_part, val_labels, scoring_starts(n_val, sl, n)))
             x_test = self._normalize(s.test, sid)  # (T_test, F)
             test.append((sid, x_test, s.test_labels, scoring_starts(len(s.test), sl, n)))
             self._lengths[sid], self._names[sid] = len(s.test), s.name
@@ -317,15 +334,24 @@ class LongSeriesDataModule(L.LightningDataModule):
             log.info("validation: labelled slice %s; val_fraction unused", self.labelled_slice)
         self._features = np.asarray(series[0].features)
         self._datasets = {
-            "train": _window_dataset(train, sl, n),
+            "train": _window_dataset(train, sl, sl),
             "val": _window_dataset(val, sl, n),
             "test": _window_dataset(test, sl, n),
         }
-        log.info(
-            "%s: training windows carry no labels (train_has_labels=False), so the "
-            "discrepancy loss runs in its unlabelled mode: every training window counts as normal",
-            type(self).__name__,
-        )
+        if self.train_has_labels:
+            labelled = self._datasets["train"].label
+            log.info(
+                "%s: training labels read (data.train_labels=true): %d of %d training windows "
+                "hold an anomaly, and the discrepancy loss pushes their gap above the margin",
+                type(self).__name__, int(labelled.sum()), len(labelled),
+            )
+        else:
+            log.info(
+                "%s: training windows carry no labels (data.train_labels=false), so the "
+                "discrepancy loss runs in its unlabelled mode: every training window counts as "
+                "normal",
+                type(self).__name__,
+            )
         log.info(
             "%s: %d series, %d features, windows train/val/test = %d/%d/%d",
             type(self).__name__,
@@ -345,7 +371,7 @@ class LongSeriesDataModule(L.LightningDataModule):
                               collate_fn=_collate)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training windows (unlabelled)."""
+        """Shuffled training windows (labelled only with `train_labels`)."""
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -378,4 +404,4 @@ class SMDDataModule(LongSeriesDataModule):
         self.machine = machine if isinstance(machine, str) else [str(m) for m in machine]
 
     def _load_series(self) -> Sequence[SeriesSource]:
-        return load_smd_machines(self.root, self.machine)
+        return load_smd_machines(self.root, self.machine, train_labels=self.train_has_labels)

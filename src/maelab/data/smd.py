@@ -8,6 +8,9 @@ Two layouts are read, detected from what lies under `root`:
   ``<root>/test/machine-X-Y.txt``, ``<root>/test_label/machine-X-Y.txt`` (comma-separated
   values, one label per line).
 
+Optional training labels (``train_labels=True``) sit beside them: ``<root>/machine-X-Y_train_label.npy``
+or ``<root>/train_label/machine-X-Y.txt``, one 0/1 per train row. The public SMD has none.
+
 If a root holds both, the ``npy`` files are read. Every check runs on load, so bad input fails
 before any training: missing files, unknown machines, non-finite values, label lengths, labels
 other than 0/1. Columns constant on train are dropped from train and test with a warning.
@@ -25,7 +28,7 @@ import numpy as np
 
 from maelab.errors import ConfigError, DataError
 
-SPLITS = ("train", "test", "test_label")
+SPLITS = ("train", "test", "test_label", "train_label")
 _NAME = re.compile(r"^machine-(\d+)-(\d+)$")
 _NPY = re.compile(r"^(machine-\d+-\d+)_train\.npy$")
 
@@ -39,8 +42,9 @@ class SMDMachine:
     test: np.ndarray  # (T_test, F) float32
     test_labels: np.ndarray  # (T_test,) int64, 1 = anomalous minute
     features: np.ndarray  # (F,) int64 column indices kept from the original files
-    paths: dict[str, Path]  # split ("train", "test", "test_label") -> source file
+    paths: dict[str, Path]  # split ("train", "test", "test_label"[, "train_label"]) -> file
     layout: str  # "npy" or "txt"
+    train_labels: np.ndarray | None = None  # (T_train,) int64 when training labels were read
 
 
 def _sort_key(name: str) -> tuple[int, ...]:
@@ -138,31 +142,42 @@ def _check_finite(arr: np.ndarray, path: Path) -> None:
         )
 
 
-def _read_machine(root: Path, name: str, layout: str) -> tuple[dict[str, np.ndarray], dict]:
-    """Read and check one machine's three files (all columns kept)."""
+def _check_labels(labels: np.ndarray, path: Path, series: Path, length: int) -> np.ndarray:
+    """0/1 labels, one per row of `series`; DataError naming `path` otherwise."""
+    if len(labels) != length:
+        raise DataError(f"{path}: {len(labels)} labels, but the series {series} has {length} rows")
+    if not np.isin(labels, (0, 1)).all():
+        bad = np.unique(labels[~np.isin(labels, (0, 1))])[:5]
+        raise DataError(f"{path}: labels must be 0 or 1, found {bad.tolist()}")
+    return labels.astype(np.int64)
+
+
+def _read_machine(
+    root: Path, name: str, layout: str, train_labels: bool = False
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Read and check one machine's files (all columns kept)."""
     paths = _paths(root, name, layout)
+    if not train_labels:
+        del paths["train_label"]
     train = _read(paths["train"], layout)
     test = _read(paths["test"], layout)
-    labels = _read(paths["test_label"], layout, labels=True)
     _check_finite(train, paths["train"])
     _check_finite(test, paths["test"])
     if test.shape[1] != train.shape[1]:
         raise DataError(
             f"{paths['test']}: {test.shape[1]} columns, but {paths['train']} has {train.shape[1]}"
         )
-    if len(labels) != len(test):
-        raise DataError(
-            f"{paths['test_label']}: {len(labels)} labels, but the test series "
-            f"{paths['test']} has {len(test)} rows"
-        )
-    if not np.isin(labels, (0, 1)).all():
-        bad = np.unique(labels[~np.isin(labels, (0, 1))])[:5]
-        raise DataError(f"{paths['test_label']}: labels must be 0 or 1, found {bad.tolist()}")
     arrays = {
         "train": train.astype(np.float32, copy=False),
         "test": test.astype(np.float32, copy=False),
-        "test_label": labels.astype(np.int64),
     }
+    if "train_label" in paths and not paths["train_label"].is_file():
+        raise DataError(f"SMD training labels missing: {paths['train_label']} (data.train_labels=true "
+                        "needs one 0/1 label per train row; the public SMD has none)")
+    for split, series in (("test_label", "test"), ("train_label", "train")):
+        if split in paths:
+            labels = _read(paths[split], layout, labels=True)
+            arrays[split] = _check_labels(labels, paths[split], paths[series], len(arrays[series]))
     return arrays, paths
 
 
@@ -171,8 +186,10 @@ def constant_columns(train: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.ptp(train, axis=0) == 0)
 
 
-def load_smd_machines(root: str | Path, machine: str | Sequence[str]) -> list[SMDMachine]:
-    """Load the selected machines with one shared feature set.
+def load_smd_machines(
+    root: str | Path, machine: str | Sequence[str], train_labels: bool = False
+) -> list[SMDMachine]:
+    """Load the selected machines with one shared feature set (and their training labels).
 
     A column constant on the train split of any selected machine is dropped from every
     machine (train and test), with a warning naming the columns, so all machines keep the
@@ -181,7 +198,7 @@ def load_smd_machines(root: str | Path, machine: str | Sequence[str]) -> list[SM
     root = Path(root).expanduser()
     layout = detect_layout(root)
     names = resolve_machines(root, machine)
-    raw = {name: _read_machine(root, name, layout) for name in names}
+    raw = {name: _read_machine(root, name, layout, train_labels) for name in names}
     widths = {name: arrays["train"].shape[1] for name, (arrays, _) in raw.items()}
     if len(set(widths.values())) > 1:
         raise DataError(f"SMD machines under {root} differ in feature count: {widths}")
@@ -207,6 +224,7 @@ def load_smd_machines(root: str | Path, machine: str | Sequence[str]) -> list[SM
             features=keep.astype(np.int64),
             paths=paths,
             layout=layout,
+            train_labels=arrays.get("train_label"),
         )
         for name, (arrays, paths) in raw.items()
     ]
