@@ -290,3 +290,25 @@ def test_other_bad_settings_name_the_key(source: tuple[Path, xr.Dataset], tmp_pa
                                          over: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         HydroDataModule(**_kw(source[0], tmp_path / "c", **over)).prepare_data()
+
+
+def test_catchment_locations_match_the_catchment_map(source: tuple[Path, xr.Dataset],
+                                                     dm: HydroDataModule, tmp_path: Path) -> None:
+    """`data.location` (centroid lat/lon) lands on the centroid of each catchment's cells."""
+    _, ds = source
+    assert np.isnan(dm.catchment_locations).all()  # no data.location: unknown
+    located = HydroDataModule(**_kw(source[0], dm.cache_dir,
+                                    location=["centroid_lat", "centroid_lon"]))
+    loc = located.catchment_locations  # (C, 2) patch units
+    labels = ds.catchment_map.values  # (H, W) catchment index, -1 outside
+    for c in range(loc.shape[0]):
+        iy, ix = np.nonzero(labels == c)
+        want = (np.array([iy.mean(), ix.mean()]) - 4.5) / 10  # cell centroid in patch units
+        np.testing.assert_allclose(loc[c], want, atol=0.15)  # within ~1.5 cells
+    batch = next(iter(located.train_dataloader()))
+    np.testing.assert_array_equal(batch["location"].numpy(), loc[batch["catchment"].numpy()])
+    for bad, text in ((["centroid_lat"], "latitude, longitude"),
+                      (["lat", "lon"], "centroid_lat")):
+        with pytest.raises(ConfigError, match="data.location") as err:
+            _ = HydroDataModule(**_kw(source[0], dm.cache_dir, location=bad)).catchment_locations
+        assert text in str(err.value)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from maelab.masking.hydro import HydroMaskConfig, grid_masks, series_masks
+from maelab.models.components.posemb import sincos_2d
 from maelab.models.mmmae import MMMAE
 
 GRIDS = ("precipitation", "soil_moisture", "temperature")
@@ -165,3 +166,23 @@ def test_series_skip_starts_at_the_interpolation_of_visible_days() -> None:
     assert not torch.allclose(plain["series"]["riverflow"][known], x[known])
     batch["series_mask"] = {n: torch.ones_like(m) for n, m in batch["series_mask"].items()}
     assert torch.isfinite(make_model()(batch)["series"]["riverflow"]).all()  # nothing visible
+
+
+def test_catchment_location_embedding() -> None:
+    """Static and series tokens carry the patch-grid sin-cos of the catchment; unknown adds 0."""
+    # series_skip="none": with the skip the zero-initialised series head hides any change
+    model, batch = make_model(catchment_location=True, series_skip="none"), make_batch()
+    batch["location"] = torch.tensor([[1.0, 1.0], [3.0, 0.0], [float("nan"), float("nan")]])
+    emb = model.location_embedding(batch, 16)  # (B, 1, 16)
+    grid = sincos_2d(4, 4, 16)  # the patch embedding of the 4 × 4 grid
+    torch.testing.assert_close(emb[0, 0], grid[1 * 4 + 1])
+    torch.testing.assert_close(emb[1, 0], grid[3 * 4 + 0])
+    assert emb[2].abs().sum() == 0
+    out = model(batch)
+    moved = {**batch, "location": batch["location"].flip(0)}
+    assert not torch.allclose(model(moved)["series"]["riverflow"][0], out["series"]["riverflow"][0])
+    plain = make_model(catchment_location=False, series_skip="none")  # same weights (same seed), no location
+    unknown = {**batch, "location": torch.full((B, 2), float("nan"))}
+    torch.testing.assert_close(model(unknown)["series"]["riverflow"], plain(batch)["series"]["riverflow"])
+    with pytest.raises(ValueError, match="location"):
+        model({k: v for k, v in batch.items() if k != "location"})

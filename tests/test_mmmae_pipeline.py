@@ -50,7 +50,7 @@ def test_fast_training_writes_metrics_checkpoints_and_figures(trained: tuple[dic
     for g in GRID_ROWS:
         for method in ("mmmae", "climatology", "neighbour_mean"):
             assert rows[f"{g} / {method}"]["rmse"] >= 0 and rows[f"{g} / {method}"]["n"] > 0
-    for method in ("mmmae", "climatology", "interpolation"):
+    for method in ("mmmae", "climatology", "interpolation", "interpolation_log"):
         assert math.isfinite(rows[f"riverflow / {method}"]["nse_median"])
         assert rows[f"riverflow / {method}"]["n"] == rows["riverflow / mmmae"]["n"]
     assert "nse_median" in rows["riverflow (all days hidden) / mmmae"]
@@ -97,7 +97,8 @@ def test_perfect_reconstruction_gives_nse_one_and_rmse_zero(tmp_path: Path, cach
 
 
 def test_absent_modalities_train_and_evaluate(tmp_path: Path, cache: str) -> None:
-    absent = ["data.grids.soil_moisture=null", "data.series.evaporation=null", "data.static=null"]
+    absent = ["data.grids.soil_moisture=null", "data.series.evaporation=null", "data.static=null",
+              "data.location=null"]
     metrics, _ = train(compose_cfg("train", [*SMALL, cache, *absent], tmp_path / "absent"))
     rows = metrics["test"]
     assert not any(r.startswith(("soil_moisture", "evaporation")) for r in rows)
@@ -112,7 +113,7 @@ def test_absent_modalities_train_and_evaluate(tmp_path: Path, cache: str) -> Non
     (["masking.strategy=patch"], "masking"),
     (["model.net.d_model=30", "model.net.heads=3"], "model.net.d_model"),
     (["model.net.decoder_depth=0"], "model.net.decoder_depth"),
-    (["+model.loss.weights.riverflow=-1"], "model.loss.weights.riverflow"),
+    (["model.loss.weights.riverflow=-1"], "model.loss.weights.riverflow"),
 ])
 def test_bad_configs_fail_early(overrides: list[str], key: str) -> None:
     cfg = compose_cfg("train", ["experiment=hydro", *overrides])

@@ -77,7 +77,8 @@ def run(days: int = 365, windows: int = 24, repeats: int = 5, seq_len: int = 90,
             arrays = [sel[g].values for g in GRIDS] + [sel[n].values[:, c] for n in SERIES]
             return sum(a.nbytes for a in arrays)
 
-        dataset = HydroWindowDataset(store, win, seq_len)
+        dataset = HydroWindowDataset(store, win, seq_len,
+                                     np.full((store.n_catchments, 2), np.nan, np.float32))
         collate = HydroCollate(GRIDS, SERIES, dict.fromkeys((*GRIDS, *SERIES), True),
                                store.stats, layout, seq_len, HydroMaskConfig(), 0,
                                fixed_masks=False, day0=0)

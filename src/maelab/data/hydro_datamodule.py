@@ -16,6 +16,8 @@ False validity and False presence, as stride-0 views (read-only):
     series_valid    {series: bool (B, T)}
     static          float32 (B, A)                  normalised attributes; NaN where missing
     static_valid    bool (B, A)
+    location        float32 (B, 2)                  catchment (row, col) on the patch grid, in
+                                                    patch units (`data.location`); NaN if unknown
     present         {name: bool (B,)}               modality present in the source
     grid_mask       {grid: bool (B, T, P)}          True = hidden; `unified`: one shared tensor
     grid_mask_full  {grid: bool (B, T, N)}          same on the full patch grid, ocean False
@@ -53,7 +55,7 @@ from maelab.data.hydro_prepare import (
 )
 from maelab.data.hydro_synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
 from maelab.data.hydro_synthetic import VARIABLES as SYNTHETIC_VARIABLES
-from maelab.data.land_mask import PatchLayout, check_patch_size, load_land_mask
+from maelab.data.land_mask import PatchLayout, check_patch_size, lat_lon_to_patch, load_land_mask
 from maelab.errors import ConfigError, DataError
 from maelab.masking.hydro import HydroMaskConfig, full_grid_mask, grid_masks, series_masks
 
@@ -133,11 +135,13 @@ class HydroWindowDataset(Dataset):
     """Windows `(catchment, start)` of a prepared store. A sample holds raw (physical-unit)
     memory-mapped window views; `HydroCollate` copies and normalises them batch-wise."""
 
-    def __init__(self, store: PreparedStore, windows: np.ndarray, seq_len: int) -> None:
+    def __init__(self, store: PreparedStore, windows: np.ndarray, seq_len: int,
+                 locations: np.ndarray) -> None:
         self.store, self.windows, self.seq_len = store, windows, int(seq_len)  # windows (N, 2)
         mean = np.asarray(store.meta["static_mean"], dtype=np.float32)
         std = np.asarray(store.meta["static_std"], dtype=np.float32)
         self.static = (store.static - mean) / std  # (C, A) normalised
+        self.locations = locations  # (C, 2) patch-grid (row, col), NaN when unknown
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -149,6 +153,7 @@ class HydroWindowDataset(Dataset):
             "grids": {g: a[days] for g, a in self.store.grids.items()},  # (T, P, p*p) each
             "series": {n: a[c, days] for n, a in self.store.series.items()},  # (T,) each
             "static": self.static[c],  # (A,)
+            "location": self.locations[c],  # (2,)
             "catchment": c,
             "start": s,
         }
@@ -189,6 +194,7 @@ class HydroCollate:
         static = np.stack([s["static"] for s in samples])  # (B, A)
         batch["static"] = torch.from_numpy(static)
         batch["static_valid"] = torch.from_numpy(np.isfinite(static))
+        batch["location"] = torch.from_numpy(np.stack([s["location"] for s in samples]))  # (B, 2)
         batch["present"] = {k: torch.full((b,), v) for k, v in self.present.items()}
         catchment = torch.tensor([s["catchment"] for s in samples], dtype=torch.int64)
         start = torch.tensor([s["start"] for s in samples], dtype=torch.int64)
@@ -222,6 +228,7 @@ class HydroDataModule(L.LightningDataModule):
         grids: Mapping[str, str | None] | None = None,
         series: Mapping[str, str | None] | None = None,
         static: str | None = "static",
+        location: Sequence[str] | None = None,
         dims: Mapping[str, str] | None = None,
         log_series: Sequence[str] = ("riverflow",),
         synthetic: Mapping[str, Any] | None = None,
@@ -282,6 +289,14 @@ class HydroDataModule(L.LightningDataModule):
             series=dict(series), static=static, dims={**as_plain(dims or {})},
             synthetic={**synthetic} if source == "synthetic" else {},
         )
+        location = as_plain(location)
+        if location is not None and not (
+            isinstance(location, (list, tuple)) and len(location) == 2
+            and all(isinstance(v, str) for v in location)
+        ):
+            raise ConfigError("data.location", location,
+                              "null or [latitude, longitude] static attribute names")
+        self.location = None if location is None else tuple(location)
         self.log_series = log_series
         self.cache_dir = Path(str(cache_dir)).expanduser()
         self.num_workers = num_workers
@@ -374,6 +389,22 @@ class HydroDataModule(L.LightningDataModule):
         return {"mean": np.asarray(m["static_mean"]), "std": np.asarray(m["static_std"])}
 
     @property
+    def catchment_locations(self) -> np.ndarray:
+        """(C, 2) float32 (row, col) of each catchment on the patch grid (nearest cell to its
+        `data.location` latitude/longitude), NaN without `data.location` or a missing value."""
+        n = len(self.catchment_ids)
+        if self.location is None:
+            return np.full((n, 2), np.nan, dtype=np.float32)
+        names = self.static_names
+        for name in self.location:
+            if name not in names:
+                raise ConfigError("data.location", list(self.location),
+                                  f"null or two of the static attributes: {names}" if names else
+                                  "null: the source has no static attributes (data.static)")
+        lat, lon = (self.store.static[:, names.index(v)] for v in self.location)
+        return lat_lon_to_patch(lat, lon, self.patch_size).astype(np.float32)
+
+    @property
     def catchment_ids(self) -> list[str]:
         return list(self.store.meta["catchments"])
 
@@ -424,9 +455,10 @@ class HydroDataModule(L.LightningDataModule):
         """Build the window datasets of every split (once)."""
         if self.datasets:
             return
+        locations = self.catchment_locations  # (C, 2)
         for split in SPLITS:
             self.datasets[split] = HydroWindowDataset(self.store, self.windows(split),
-                                                      self.seq_len)
+                                                      self.seq_len, locations)
             log.info("hydro %s: %d windows", split, len(self.datasets[split]))
 
     def collate(self, split: str) -> HydroCollate:

@@ -227,3 +227,22 @@ def bng_to_lat_lon(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     lat_out = lat - vii * de**2 + viii * de**4 - ix * de**6
     lon_out = lon0 + xx * de - xi * de**3 + xii * de**5 - xiia * de**7
     return np.degrees(lat_out), np.degrees(lon_out)
+
+
+def lat_lon_to_patch(lat: np.ndarray, lon: np.ndarray, patch_size: int) -> np.ndarray:
+    """Latitude/longitude (degrees, OSGB36) → (…, 2) float (row, col) on the patch grid.
+
+    Position of the nearest 5 km cell centre, in patch units (patch k's centre is at k; row 0
+    south, col 0 west). NaN in, NaN out; points off the grid snap to its nearest cell.
+    """
+    lat, lon = np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64)
+    cell_lat, cell_lon = bng_to_lat_lon(*np.meshgrid(X_CENTRES, Y_CENTRES))  # (H, W)
+    cell_lat, cell_lon = cell_lat.ravel(), cell_lon.ravel()  # (H*W,)
+    out = np.full((*lat.shape, 2), np.nan)
+    ok = np.isfinite(lat) & np.isfinite(lon)
+    nearest = [int(np.argmin((cell_lat - la) ** 2 + ((cell_lon - lo) * math.cos(math.radians(la))) ** 2))
+               for la, lo in zip(lat[ok], lon[ok], strict=True)]  # one cell per point, (H*W,) each
+    iy, ix = np.divmod(np.asarray(nearest, dtype=np.int64), GRID_SHAPE[1])
+    out[ok] = np.stack([(iy - (patch_size - 1) / 2) / patch_size,
+                        (ix - (patch_size - 1) / 2) / patch_size], axis=-1)
+    return out

@@ -8,6 +8,10 @@ Tokens (D = d_model; k = `temporal_patch` days per grid token, G = T / k groups)
     series s    one token per day: (value, validity) → linear embedding per series; + sin-cos
                 of the day + modality embedding
     static      one token of the catchment attributes (values, validity), never hidden
+    location    with `catchment_location`, the static and series tokens (encoder and decoder)
+                also get the 2-D sin-cos of the catchment's place on the patch grid (the batch's
+                `location`, NaN → nothing added), the same embedding as the grid patches there,
+                so attention can find the patches over the catchment
 
 Masking (True = hidden). Series tokens follow the day masks of the data exactly. A grid token
 with k > 1 covers k days: it is hidden when the data's mask hides its patch on the group's
@@ -32,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from maelab.models.components.posemb import sincos_1d, sincos_2d
+from maelab.models.components.posemb import sincos_1d, sincos_2d, sincos_2d_at
 from maelab.models.components.tokens import insert_mask_tokens, keep_visible
 from maelab.models.components.transformer import Transformer
 from maelab.scoring.hydro_metrics import interpolate_days
@@ -69,6 +73,7 @@ class MMMAE(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         series_skip: str = "interpolation",
+        catchment_location: bool = False,
     ) -> None:
         super().__init__()
         if seq_len % temporal_patch:
@@ -76,6 +81,7 @@ class MMMAE(nn.Module):
         if series_skip not in SERIES_SKIPS:
             raise ValueError(f"series_skip={series_skip!r} not in {SERIES_SKIPS}")
         self.series_skip = series_skip
+        self.catchment_location = bool(catchment_location)
         self.grid_names, self.series_names = list(grid_names), list(series_names)
         self.seq_len, self.k = int(seq_len), int(temporal_patch)
         self.n_groups = self.seq_len // self.k
@@ -135,6 +141,18 @@ class MMMAE(nn.Module):
             parts.append(day + mod[len(self.grid_names) + self.series_names.index(s)])  # (T, dim)
         return torch.cat(parts)
 
+    def location_embedding(self, batch: Mapping[str, Any], dim: int) -> torch.Tensor | None:
+        """(B, 1, dim) sin-cos of the catchment's patch-grid place (0 where unknown), or None
+        without `catchment_location`."""
+        if not self.catchment_location:
+            return None
+        if batch.get("location") is None:
+            raise ValueError("catchment_location=True needs the batch's `location` (B, 2)")
+        loc = batch["location"].float()  # (B, 2) patch-grid (row, col), NaN = unknown
+        known = loc.isfinite().all(-1, keepdim=True)  # (B, 1)
+        e = sincos_2d_at(loc[:, 0].nan_to_num(0.0), loc[:, 1].nan_to_num(0.0), dim)  # (B, dim)
+        return (e * known)[:, None]
+
     def grid_token_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Day mask (B, T, P) → token mask (B, G, P): the mask of each group's first day."""
         return mask[:, :: self.k]
@@ -166,11 +184,12 @@ class MMMAE(nn.Module):
         pos = self._pos("enc", grids, series)  # (N, D)
         ref = batch["static"]
         b, dev = ref.shape[0], ref.device
+        loc = self.location_embedding(batch, pos.shape[-1])  # (B, 1, D) | None
         toks, ids, hidden, offset = [], [], [], 0
 
-        def add(e: torch.Tensor, i: torch.Tensor, h: torch.Tensor) -> None:
+        def add(e: torch.Tensor, i: torch.Tensor, h: torch.Tensor, at_catchment: bool) -> None:
             nonlocal offset
-            toks.append(e + pos[offset + i])
+            toks.append(e + pos[offset + i] + (loc if at_catchment and loc is not None else 0))
             ids.append(offset + i)
             hidden.append(h)
             offset += h.shape[1]
@@ -189,20 +208,21 @@ class MMMAE(nn.Module):
             valid = batch["static_valid"]  # (B, A)
             x = torch.cat([_filled(ref, valid), valid.to(ref.dtype)], -1)  # (B, 2A)
             add(self.static_embed(x)[:, None], torch.zeros((b, 1), dtype=torch.long, device=dev),
-                torch.zeros((b, 1), dtype=torch.bool, device=dev))
+                torch.zeros((b, 1), dtype=torch.bool, device=dev), at_catchment=True)
         for g in grids:
             h = self.grid_token_mask(batch["grid_mask"][g]).flatten(1)  # (B, G*P)
             i = select(h)
             x = self._grid_inputs(batch["grids"][g], batch["grid_valid"][g], i)
-            add(self._absent(self.grid_embed[g](x), batch["present"][g]), i, h)
+            add(self._absent(self.grid_embed[g](x), batch["present"][g]), i, h, at_catchment=False)
         for s in series:
             h = batch["series_mask"][s]  # (B, T)
             i = select(h)
             x, valid = batch["series"][s].gather(1, i), batch["series_valid"][s].gather(1, i)
             e = self.series_embed[s](torch.stack([_filled(x, valid), valid.to(x.dtype)], -1))
-            add(self._absent(e, batch["present"][s]), i, h)
+            add(self._absent(e, batch["present"][s]), i, h, at_catchment=True)
         return {"tokens": torch.cat(toks, 1), "ids": torch.cat(ids, 1),
-                "hidden": torch.cat(hidden, 1), "grids": grids, "series": series}
+                "hidden": torch.cat(hidden, 1), "grids": grids, "series": series,
+                "location": batch.get("location")}
 
     def _absent(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Replace the tokens of samples lacking the modality by the `absent` embedding."""
@@ -214,7 +234,8 @@ class MMMAE(nn.Module):
         """Encoder output over the visible tokens only: latent (B, N_vis, D), ids_keep, layout."""
         emb = self.embed(batch)  # hidden tokens are never embedded nor seen
         return {"latent": self.encoder(emb["tokens"]), "ids_keep": emb["ids"],
-                "n_tokens": emb["hidden"].shape[1], "grids": emb["grids"], "series": emb["series"]}
+                "n_tokens": emb["hidden"].shape[1], "grids": emb["grids"], "series": emb["series"],
+                "location": emb["location"]}
 
     # ---- decoder ----------------------------------------------------------------------------
     def series_prior(self, batch: Mapping[str, Any], series: list[str]) -> dict[str, torch.Tensor]:
@@ -235,7 +256,11 @@ class MMMAE(nn.Module):
         x = insert_mask_tokens(latent, enc["ids_keep"], enc["n_tokens"], self.mask_token)
         x = x + self._pos("dec", enc["grids"], enc["series"])  # (B, N, Dd)
         n_grid = self.n_groups * self.n_valid
-        i = int(self.n_static > 0) + len(enc["grids"]) * n_grid  # first series token
+        i0 = int(self.n_static > 0)
+        i = i0 + len(enc["grids"]) * n_grid  # first series token
+        loc = self.location_embedding(enc, x.shape[-1])  # (B, 1, Dd) | None
+        if loc is not None:  # static and series tokens sit at the catchment
+            x = torch.cat([x[:, :i0] + loc, x[:, i0:i], x[:, i:] + loc], 1)
         if prior is not None:
             parts = [x[:, :i]] + [x[:, i + j * self.seq_len:i + (j + 1) * self.seq_len]
                                   + self.prior_embed[s](prior[s].to(x.dtype))

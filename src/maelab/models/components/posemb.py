@@ -13,7 +13,12 @@ def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
 
+def sincos_2d_at(rows: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
+    """(...,) float rows and columns -> (..., dim); half the channels the row, half the column."""
+    return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim // 2)], -1)
+
+
 def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
-    """(height * width, dim) embedding; half the channels encode the row, half the column."""
+    """(height * width, dim) embedding of every cell of a height × width grid (row-major)."""
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    return torch.cat([sincos_1d(rows.flatten(), dim // 2), sincos_1d(cols.flatten(), dim // 2)], -1)
+    return sincos_2d_at(rows.flatten(), cols.flatten(), dim)
