@@ -57,3 +57,16 @@ def test_hide_series_hides_one_whole_series_of_some_batches() -> None:
 def test_bad_settings_name_their_key(kw: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         make_module(**kw)
+
+
+def test_validation_logs_the_interpolation_bar() -> None:
+    """`val/loss_<series>_interpolation` is the interpolation's loss: a fresh model (zero series
+    head on top of the interpolation skip) scores exactly that."""
+    module, batch = make_module(), make_batch()
+    logged: dict[str, float] = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))  # type: ignore
+    module.log_dict = lambda d, **kw: logged.update({k: float(v) for k, v in d.items()})  # type: ignore
+    module.validation_step(batch, 0)
+    for s in SERIES:
+        assert logged[f"val/loss_{s}_interpolation"] == pytest.approx(logged[f"val/loss_{s}"])
+        assert logged[f"val/loss_{s}_interpolation"] > 0

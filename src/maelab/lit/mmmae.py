@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from maelab.errors import ConfigError
-from maelab.lit.mmmae_loss import mmmae_loss, patch_stats
+from maelab.lit.mmmae_loss import masked_mse, mmmae_loss, patch_stats
 from maelab.lit.optim import adamw_warmup_cosine, effective_lr
 from maelab.models.mmmae import MMMAE
 from maelab.scoring.hydro_metrics import (
@@ -116,6 +116,22 @@ class MMMAEModule(L.LightningModule):
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")  # fixed per-sample masks: comparable across epochs
+        self._log_interpolation_loss(batch)
+
+    def _log_interpolation_loss(self, batch: Mapping[str, Any]) -> None:
+        """`val/loss_<series>_interpolation`: the loss of linear interpolation across hidden days
+        (normalised units, as `val/loss_<series>`), the bar the series reconstruction must beat.
+        Windows where a series has no visible valid day are left out."""
+        b = batch["static"].shape[0]
+        for s in self.net.series_names:
+            if not bool(batch["present"][s].any()):
+                continue
+            x, valid, hidden = batch["series"][s], batch["series_valid"][s], batch["series_mask"][s]
+            base = interpolate_days(x, valid & ~hidden).float()  # (B, T), NaN if none visible
+            mse = masked_mse(base, x, hidden & valid & base.isfinite())
+            if mse is not None:
+                self.log(f"val/loss_{s}_interpolation", mse, on_step=False, on_epoch=True,
+                         batch_size=b)
 
     def configure_optimizers(self) -> dict:
         """AdamW (MAE betas), lr scaled by the effective batch, linear warm-up + cosine decay."""
