@@ -64,8 +64,8 @@ def test_validation_logs_the_interpolation_bar() -> None:
     head on top of the interpolation skip) scores exactly that."""
     module, batch = make_module(), make_batch()
     logged: dict[str, float] = {}
-    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))  # type: ignore
-    module.log_dict = lambda d, **kw: logged.update({k: float(v) for k, v in d.items()})  # type: ignore
+    module.log = lambda name, value, **kw: logged.__setitem__(name, value.item())  # type: ignore
+    module.log_dict = lambda d, **kw: logged.update({k: v.item() for k, v in d.items()})  # type: ignore
     module.validation_step(batch, 0)
     for s in SERIES:
         assert logged[f"val/loss_{s}_interpolation"] == pytest.approx(logged[f"val/loss_{s}"])
