@@ -312,3 +312,9 @@ def test_catchment_locations_match_the_catchment_map(source: tuple[Path, xr.Data
         with pytest.raises(ConfigError, match="data.location") as err:
             _ = HydroDataModule(**_kw(source[0], dm.cache_dir, location=bad)).catchment_locations
         assert text in str(err.value)
+    fresh = tmp_path / "fresh"  # a cache miss: the names are checked before preparing
+    with pytest.raises(ConfigError, match="data.location"):
+        HydroDataModule(**_kw(source[0], fresh, location=["lat", "lon"])).prepare_data()
+    assert not list(fresh.rglob("meta.json"))
+    with pytest.raises(ConfigError, match="centroid_lat"):  # synthetic: at construction
+        HydroDataModule(source="synthetic", cache_dir=str(fresh), location=["lat", "lon"])

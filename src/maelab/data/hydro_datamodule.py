@@ -52,8 +52,10 @@ from maelab.data.hydro_prepare import (
     open_source,
     prepare_cached,
     source_days,
+    static_names,
 )
 from maelab.data.hydro_synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
+from maelab.data.hydro_synthetic import STATIC_ATTRIBUTES as SYNTHETIC_STATIC
 from maelab.data.hydro_synthetic import VARIABLES as SYNTHETIC_VARIABLES
 from maelab.data.land_mask import PatchLayout, check_patch_size, lat_lon_to_patch, load_land_mask
 from maelab.errors import ConfigError, DataError
@@ -297,6 +299,8 @@ class HydroDataModule(L.LightningDataModule):
             raise ConfigError("data.location", location,
                               "null or [latitude, longitude] static attribute names")
         self.location = None if location is None else tuple(location)
+        if source == "synthetic":  # attribute names known without generating anything
+            self._check_location(list(SYNTHETIC_STATIC) if static == "static" else [])
         self.log_series = log_series
         self.cache_dir = Path(str(cache_dir)).expanduser()
         self.num_workers = num_workers
@@ -349,7 +353,16 @@ class HydroDataModule(L.LightningDataModule):
         ds = open_source(self.spec, self.layout.land_mask)
         days = source_days(ds, self.spec)
         check_splits_in_range(self.splits, days[0], days[-1], self.spec.where)
+        self._check_location(static_names(ds, self.spec))  # before the long preparation
         return ds
+
+    def _check_location(self, names: list[str]) -> None:
+        """Raise unless `data.location` is null or names two of the static attributes."""
+        for name in self.location or ():
+            if name not in names:
+                raise ConfigError("data.location", list(self.location),
+                                  f"null or two of the static attributes: {names}" if names else
+                                  "null: the source has no static attributes (data.static)")
 
     def prepare_data(self) -> None:
         """Open, check and prepare the source into the cache (reused when already there)."""
@@ -396,11 +409,7 @@ class HydroDataModule(L.LightningDataModule):
         if self.location is None:
             return np.full((n, 2), np.nan, dtype=np.float32)
         names = self.static_names
-        for name in self.location:
-            if name not in names:
-                raise ConfigError("data.location", list(self.location),
-                                  f"null or two of the static attributes: {names}" if names else
-                                  "null: the source has no static attributes (data.static)")
+        self._check_location(names)
         lat, lon = (self.store.static[:, names.index(v)] for v in self.location)
         return lat_lon_to_patch(lat, lon, self.patch_size).astype(np.float32)
 

@@ -320,8 +320,7 @@ def write_store(ds: xr.Dataset, spec: SourceSpec, layout: PatchLayout,
     if spec.static is not None:
         da = ds[spec.static].transpose(c, spec.dim("attribute"))
         static = np.asarray(da.values, dtype=np.float32)  # (C, A)
-        names = [str(v) for v in da[spec.dim("attribute")].values] if spec.dim(
-            "attribute") in da.coords else [f"attr_{i}" for i in range(static.shape[1])]
+        names = static_names(ds, spec)
     else:
         static, names = np.zeros((catchments.size, 0), dtype=np.float32), []
     np.save(out / "static.npy", static)
@@ -333,6 +332,15 @@ def write_store(ds: xr.Dataset, spec: SourceSpec, layout: PatchLayout,
     meta["static_mean"] = s_mean.tolist()
     meta["static_std"] = np.where(s_std > 1e-6, s_std, 1.0).tolist()
     atomic_write_json(out / "meta.json", meta)
+
+
+def static_names(ds: xr.Dataset, spec: SourceSpec) -> list[str]:
+    """Names of the source's static attributes (`attr_<i>` without an attribute coordinate)."""
+    if spec.static is None:
+        return []
+    da, dim = ds[spec.static], spec.dim("attribute")
+    return [str(v) for v in da[dim].values] if dim in da.coords else [
+        f"attr_{i}" for i in range(da.sizes[dim])]
 
 
 def prepare_cached(
