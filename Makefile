@@ -39,13 +39,13 @@ test-all: $(STAMP) ## every test, the slow ones included
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check src tests train.py evaluate.py
+	$(BIN)/ruff check src tests benchmarks train.py evaluate.py
 
 bench: $(STAMP) ## performance benchmarks (prints a table, writes bench.json)
-	$(BIN)/python -m maelab.benchmarks $(ARGS)
+	$(BIN)/python -m benchmarks $(ARGS)
 
 bench-smd: $(STAMP) ## SD-MAE vs baselines on the Server Machine Dataset (../shared/data/smd)
-	$(BIN)/python -m maelab.benchmarks.smd $(ARGS)
+	$(BIN)/python -m benchmarks.smd $(ARGS)
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun logs lightning_logs .cache .pytest_cache .ruff_cache

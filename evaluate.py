@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from maelab.env import configure_environment
+from maelab.core.env import configure_environment
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from maelab.baselines import BASELINES, RandomBaseline, make_baseline
-from maelab.errors import ConfigError, DataError
+from maelab.core.errors import ConfigError, DataError
+from maelab.models.baselines import BASELINES, RandomBaseline, make_baseline
 
 SMD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smd"
 

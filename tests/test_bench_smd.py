@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from maelab.benchmarks.smd import evaluate_baselines, run, scored_points
-from maelab.data.series_windows import SMDDataModule
+from benchmarks.smd import evaluate_baselines, run, scored_points
+from maelab.data.series.long_series import SMDDataModule
 from maelab.pipeline import evaluate
 from tests.conftest import compose_cfg
 
@@ -64,7 +64,7 @@ def test_baselines_on_a_tiny_slice(tiny_dm: SMDDataModule) -> None:
 
 @pytest.fixture(scope="module")
 def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, str]:
-    """`python -m maelab.benchmarks.smd 1-2 --fast` into a temporary folder."""
+    """`python -m benchmarks.smd 1-2 --fast` into a temporary folder."""
     out = tmp_path_factory.mktemp("bench_smd")
     console = Console(file=io.StringIO(), width=120)
     table = run(["1-2", "--fast", "--out", str(out)], console)

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from maelab.benchmarks.__main__ import SUITE, main
-from maelab.benchmarks.mfu import build, counted_flops, step_flops
+from benchmarks.__main__ import SUITE, main
+from benchmarks.mfu import build, counted_flops, step_flops
 
 
 def _finite_positive(x: float) -> bool:

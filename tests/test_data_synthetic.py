@@ -1,7 +1,7 @@
 import numpy as np
 
-from maelab.data.synthetic_anomaly import ANOMALY_TYPES, generate_windows
-from maelab.data.synthetic_datamodule import SyntheticAnomalyDataModule
+from maelab.data.series.synthetic import ANOMALY_TYPES, generate_windows
+from maelab.data.series.synthetic_datamodule import SyntheticAnomalyDataModule
 
 
 def test_deterministic_by_seed():

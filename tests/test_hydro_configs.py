@@ -10,8 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import maelab.data.hydro_synthetic as synthetic
-from maelab.data.hydro_datamodule import HydroDataModule
+import maelab.data.hydro.sources.synthetic as synthetic
+from maelab.data.hydro.datamodule import HydroDataModule
 
 CONF = Path(__file__).parents[1] / "conf"
 SMALL = [
@@ -33,7 +33,7 @@ def _compose(overrides: list[str]) -> Any:
 def test_configs_compose(data: str, masking: str) -> None:
     cfg = _compose([f"data={data}", f"masking={masking}", "masking_ratio=0.75", "debug=fast"])
     assert cfg.data.num_workers == 0  # debug=fast reaches every data config
-    assert cfg.data._target_ == "maelab.data.hydro_datamodule.HydroDataModule"
+    assert cfg.data._target_ == "maelab.data.hydro.datamodule.HydroDataModule"
     assert cfg.data.masking.strategy == masking and cfg.data.masking.ratio == 0.75
     assert cfg.data.masking.series == ("shared" if masking == "unified" else "independent")
     assert cfg.data.cache_dir.endswith(".cache/hydro")

@@ -10,10 +10,10 @@ import pytest
 import torch
 import xarray as xr
 
-import maelab.data.hydro_datamodule as hdm
-from maelab.data.hydro_datamodule import HydroDataModule
-from maelab.data.hydro_synthetic import generate_hydrology, write_dataset
-from maelab.errors import ConfigError, DataError
+import maelab.data.hydro.datamodule as hdm
+from maelab.core.errors import ConfigError, DataError
+from maelab.data.hydro.datamodule import HydroDataModule
+from maelab.data.hydro.sources.synthetic import generate_hydrology, write_dataset
 
 NAN_DAY = 69  # 2000-03-10: precipitation missing everywhere
 SERIES_START = 40  # catchment 0: riverflow starts on day 40

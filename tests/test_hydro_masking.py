@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maelab.data.land_mask import PatchLayout, default_land_mask
-from maelab.errors import ConfigError
-from maelab.masking.hydro import HydroMaskConfig, full_grid_mask, grid_masks, series_masks
+from maelab.core.errors import ConfigError
+from maelab.data.hydro.layout import PatchLayout, default_land_mask
+from maelab.models.mmmae.masking import HydroMaskConfig, full_grid_mask, grid_masks, series_masks
 
 GRIDS = ["precipitation", "soil_moisture", "temperature"]
 SERIES = ["evaporation", "riverflow"]

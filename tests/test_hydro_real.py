@@ -12,8 +12,8 @@ import xarray as xr
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from maelab.data.hydro_datamodule import HydroDataModule
-from maelab.data.land_mask import X_CENTRES, Y_CENTRES, default_land_mask
+from maelab.data.hydro.datamodule import HydroDataModule
+from maelab.data.hydro.layout import X_CENTRES, Y_CENTRES, default_land_mask
 
 DATA = (Path(__file__).parents[1] / "../shared/data").resolve()
 CONF = Path(__file__).parents[1] / "conf"

@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 from scipy.ndimage import label
 
-from maelab.data.hydro_synthetic import generate_hydrology, main
-from maelab.data.land_mask import (
+from maelab.core.errors import ConfigError
+from maelab.data.hydro.layout import (
     X_CENTRES,
     Y_CENTRES,
     PatchLayout,
@@ -19,7 +19,7 @@ from maelab.data.land_mask import (
     default_land_mask,
     load_land_mask,
 )
-from maelab.errors import ConfigError
+from maelab.data.hydro.sources.synthetic import generate_hydrology, main
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from maelab.errors import ConfigError
-from maelab.masking.series import (
+from maelab.core.errors import ConfigError
+from maelab.models.sdmae.masking import (
     STRATEGIES,
     cell_mask,
     feature_wise_mask,

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import torch
 
-from maelab.errors import ConfigError
-from maelab.lit.mmmae import MMMAEModule
-from maelab.lit.mmmae_loss import mmmae_loss
+from maelab.core.errors import ConfigError
+from maelab.models.mmmae.loss import mmmae_loss
+from maelab.models.mmmae.module import MMMAEModule
 from tests.test_mmmae_model import COLS, GRIDS, ROWS, SERIES, T, make_batch
 
 INFO = {"grid_names": list(GRIDS), "series_names": list(SERIES), "seq_len": T, "patch_size": 2,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from maelab.lit.mmmae_loss import mmmae_loss, patch_stats
+from maelab.models.mmmae.loss import mmmae_loss, patch_stats
 from tests.test_mmmae_model import GRIDS, SERIES, make_batch, make_model
 
 

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import torch
 
-from maelab.masking.hydro import HydroMaskConfig, grid_masks, series_masks
-from maelab.models.components.posemb import sincos_2d
-from maelab.models.mmmae import MMMAE
+from maelab.models.mmmae.masking import HydroMaskConfig, grid_masks, series_masks
+from maelab.models.mmmae.model import MMMAE
+from maelab.nn.posemb import sincos_2d
 
 GRIDS = ("precipitation", "soil_moisture", "temperature")
 SERIES = ("evaporation", "riverflow")

@@ -11,8 +11,8 @@ import lightning as L
 import pytest
 from omegaconf import open_dict
 
-from maelab.benchmarks.mmmae_encoder import run as run_benchmark
-from maelab.errors import ConfigError
+from benchmarks.mmmae_encoder import run as run_benchmark
+from maelab.core.errors import ConfigError
 from maelab.pipeline import build_datamodule, build_module, evaluate, train
 from maelab.validation import validate_config
 from tests.conftest import compose_cfg
@@ -131,7 +131,7 @@ def test_unknown_loss_weight_names_the_modalities(tmp_path: Path, cache: str) ->
 def test_experiment_config_composes() -> None:
     cfg = compose_cfg("train", ["experiment=hydro", "masking=independent", "masking_ratio=0.6"])
     validate_config(cfg)
-    assert cfg.model._target_ == "maelab.lit.mmmae.MMMAEModule"
+    assert cfg.model._target_ == "maelab.models.mmmae.module.MMMAEModule"
     assert cfg.data.masking.strategy == "independent" and cfg.data.masking.ratio == 0.6
     assert cfg.optimized_metric == "val/loss" and cfg.optimized_metric_mode == "min"
     with open_dict(cfg):

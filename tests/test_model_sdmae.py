@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from maelab.masking.series import STRATEGIES, random_mask
-from maelab.models.sdmae import SDMAE
+from maelab.models.sdmae.masking import STRATEGIES, random_mask
+from maelab.models.sdmae.model import SDMAE
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from maelab.errors import ConfigError
-from maelab.masking.series import STRATEGIES
+from maelab.core.errors import ConfigError
+from maelab.models.sdmae.masking import STRATEGIES
 from maelab.pipeline import evaluate, train
 from tests.conftest import compose_cfg
 
@@ -51,9 +51,9 @@ def test_evaluate_overrides_score_and_scored_region(tiny_train_cfg, tmp_path):
 def test_evaluate_refuses_checkpoint_of_another_model(tiny_train_cfg, tmp_path):
     metrics, _ = train(tiny_train_cfg(name="run"))
     run_cfg = tmp_path / "run" / ".hydra" / "config.yaml"
-    run_cfg.write_text(run_cfg.read_text().replace("maelab.lit.sdmae.SDMAEModule",
-                                                   "maelab.lit.mmmae.MMMAEModule"))
-    with pytest.raises(ValueError, match="holds a maelab.lit.sdmae.SDMAEModule"):
+    run_cfg.write_text(run_cfg.read_text().replace("maelab.models.sdmae.module.SDMAEModule",
+                                                   "maelab.models.mmmae.module.MMMAEModule"))
+    with pytest.raises(ValueError, match="holds a maelab.models.sdmae.module.SDMAEModule"):
         evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}"]))
 
 

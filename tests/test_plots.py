@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from maelab.plots import (
+from maelab.viz.plots import (
     plot_example_windows,
     plot_roc_pr,
     plot_score_histograms,

@@ -14,7 +14,7 @@ import lightning as L
 import pytest
 import torch
 
-from maelab.io import _atomic_write, atomic_write_json, safe_torch_load
+from maelab.core.io import _atomic_write, atomic_write_json, safe_torch_load
 from maelab.pipeline import train
 from tests.conftest import ROOT, TINY
 

@@ -1,4 +1,4 @@
-"""Aggregation of a multirun folder (maelab.report) on synthetic job folders, and the job-status
+"""Aggregation of a multirun folder (maelab.report.sweep) on synthetic job folders, and the job-status
 Hydra callback on hand-made JobReturns."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from maelab.errors import ConfigError
-from maelab.hydra_callbacks import JobStatusCallback, job_status
-from maelab.report import collect_jobs, main, parse_overrides, summarize, write_report
+from maelab.core.errors import ConfigError
+from maelab.report.callbacks import JobStatusCallback, job_status
+from maelab.report.sweep import collect_jobs, main, parse_overrides, summarize, write_report
 
 FIXED = ["debug=fast", "trainer.max_epochs=2"]
 

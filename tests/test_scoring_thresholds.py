@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from maelab.errors import ConfigError
+from maelab.core.errors import ConfigError
 from maelab.scoring import (
     detection_metrics,
     f1_optimal_threshold,

@@ -1,6 +1,6 @@
 import torch
 
-from maelab.lit.sdmae_loss import anomaly_ramp, discrepancy_terms, masked_mse, sdmae_loss
+from maelab.models.sdmae.loss import anomaly_ramp, discrepancy_terms, masked_mse, sdmae_loss
 
 
 def _out(hidden: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor) -> dict:

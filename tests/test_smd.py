@@ -12,9 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from maelab.data.series_windows import SMDDataModule, scoring_starts, sliding_starts
-from maelab.data.smd import detect_layout, list_machines, load_smd, load_smd_machines
-from maelab.errors import ConfigError, DataError
+from maelab.core.errors import ConfigError, DataError
+from maelab.data.series.long_series import SMDDataModule, scoring_starts, sliding_starts
+from maelab.data.series.smd import detect_layout, list_machines, load_smd, load_smd_machines
 from maelab.pipeline import train
 from tests.conftest import compose_cfg
 
@@ -170,7 +170,7 @@ def _dm(root: Path, **kw) -> SMDDataModule:
 
 def test_datamodule_batches_and_interface(three: Path, caplog: pytest.LogCaptureFixture) -> None:
     dm = _dm(three)
-    with caplog.at_level(logging.INFO, logger="maelab.data.series_windows"):
+    with caplog.at_level(logging.INFO, logger="maelab.data.series.long_series"):
         dm.setup("fit")
     assert "unlabelled mode" in caplog.text
     assert dm.num_features == 6 and dm.feature_names[0] == "feature_0"
@@ -271,7 +271,7 @@ def test_training_labels_reach_train_and_val_windows(
     arrays = _with_train_labels(5)
     root = write_npy(tmp_path / "npy", {"machine-1-1": arrays})
     dm = _dm(root, machine="1-1", train_labels=True)
-    with caplog.at_level(logging.INFO, logger="maelab.data.series_windows"):
+    with caplog.at_level(logging.INFO, logger="maelab.data.series.long_series"):
         dm.setup("fit")
     assert "training labels read (data.train_labels=true)" in caplog.text
     assert dm.train_has_labels and dm.val_has_labels

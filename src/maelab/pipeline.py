@@ -21,8 +21,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from maelab.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
-from maelab.tables import print_metrics_table
+from maelab.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from maelab.report.tables import print_metrics_table
 from maelab.validation import model_name, validate_config
 
 log = logging.getLogger(__name__)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from maelab.data.land_mask import PatchLayout, check_patch_size, load_land_mask
-from maelab.errors import ConfigError
-from maelab.masking.hydro import STRATEGIES as HYDRO_STRATEGIES
-from maelab.masking.random import hidden_count
-from maelab.masking.series import STRATEGIES
-from maelab.models.mmmae import SERIES_SKIPS
+from maelab.core.errors import ConfigError
+from maelab.data.hydro.layout import PatchLayout, check_patch_size, load_land_mask
+from maelab.masking.noise import hidden_count
+from maelab.models.mmmae.masking import STRATEGIES as HYDRO_STRATEGIES
+from maelab.models.mmmae.model import SERIES_SKIPS
+from maelab.models.sdmae.masking import STRATEGIES
 
 THRESHOLD_METHODS = ("f1", "percentile")
 SCORES = ("auto", "discrepancy", "reconstruction", "combined")

@@ -1,1 +1,1 @@
-"""Masking: pure functions. A mask is a bool tensor, True = hidden from the encoder."""
+"""Masking noise: the one seeded, per-sample keyed noise every model draws its masks from."""

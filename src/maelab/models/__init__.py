@@ -1,1 +1,1 @@
-"""Plain nn.Modules (no Lightning)."""
+"""Models: one package per model (config, masking, model, loss, module, figures)."""

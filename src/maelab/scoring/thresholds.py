@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from maelab.errors import ConfigError
+from maelab.core.errors import ConfigError
 from maelab.scoring._arrays import ArrayLike, as_labels, as_scores, check_scores
 
 THRESHOLD_METHODS = ("f1", "percentile")

@@ -1,0 +1,1 @@
+"""Hydrology windows for MM-MAE: patch layout, prepared store, sources, DataModule."""

@@ -1,0 +1,496 @@
+"""HydroDataModule: (catchment, start day) windows of hydrology grids and series for MM-MAE.
+
+Samples are windows of T = `seq_len` consecutive days for one catchment. Splits are date
+ranges; a window lies inside one split and inside the data of every present modality (it never
+straddles a split or the start/end of a series' data). Missing days stay NaN and are flagged
+invalid, never zero-filled.
+
+Batch dict (B windows, T days, P valid land patches of p × p cells, A static attributes,
+N = patches on the full grid, 29 × 18 = 522 for p = 10). Every configured grid and series name
+is always a key; an absent modality (e.g. soil moisture with HadUK rainfall) holds NaN values,
+False validity and False presence, as stride-0 views (read-only):
+
+    grids           {grid: float32 (B, T, P, p*p)}  normalised; NaN where not valid
+    grid_valid      {grid: bool (B, T, P, p*p)}     finite value on a land cell (loss on these)
+    series          {series: float32 (B, T)}        normalised (after log1p where stats `log`)
+    series_valid    {series: bool (B, T)}
+    static          float32 (B, A)                  normalised attributes; NaN where missing
+    static_valid    bool (B, A)
+    location        float32 (B, 2)                  catchment (row, col) on the patch grid, in
+                                                    patch units (`data.location`); NaN if unknown
+    present         {name: bool (B,)}               modality present in the source
+    grid_mask       {grid: bool (B, T, P)}          True = hidden; `unified`: one shared tensor
+    grid_mask_full  {grid: bool (B, T, N)}          same on the full patch grid, ocean False
+    series_mask     {series: bool (B, T)}           True = hidden; `shared`: one shared tensor
+    catchment       int64 (B,)                      index into `catchment_ids`
+    start           int64 (B,)                      first day, index on the store's day axis
+    time            int64 (B, T)                    days since 1970-01-01 of each step
+
+Patch index on the full grid = patch_row * 18 + patch_col (row 0 south, col 0 west); valid
+patch k sits at `valid_patch_idx[k]`. Values de-normalise with `denormalise(name, x)`.
+Masks: training draws fresh masks per batch; val/test masks are a hash of (split, catchment,
+start), identical across epochs and independent of batch order or size; `masking.enabled=false`
+hides nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from maelab.core.errors import ConfigError, DataError
+from maelab.data.hydro.layout import PatchLayout, check_patch_size, lat_lon_to_patch, load_land_mask
+from maelab.data.hydro.sources.synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
+from maelab.data.hydro.sources.synthetic import STATIC_ATTRIBUTES as SYNTHETIC_STATIC
+from maelab.data.hydro.sources.synthetic import VARIABLES as SYNTHETIC_VARIABLES
+from maelab.data.hydro.store import (
+    PreparedStore,
+    SourceSpec,
+    as_plain,
+    open_source,
+    prepare_cached,
+    source_days,
+    static_names,
+)
+from maelab.models.mmmae.masking import HydroMaskConfig, full_grid_mask, grid_masks, series_masks
+
+log = logging.getLogger(__name__)
+
+GRID_NAMES = ("precipitation", "soil_moisture", "temperature")
+SERIES_NAMES = ("evaporation", "riverflow")
+SPLITS = ("train", "val", "test")
+DEFAULT_SPLITS = {
+    "train": {"start": "2000-01-01", "end": "2001-12-31"},
+    "val": {"start": "2002-01-01", "end": "2002-06-30"},
+    "test": {"start": "2002-07-01", "end": "2002-12-31"},
+}
+_EPOCH = np.datetime64("1970-01-01", "D")
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(key, value, "a positive integer")
+    return int(value)
+
+
+def _parse_splits(splits: Mapping[str, Any], seq_len: int) -> dict[str, tuple[np.datetime64, ...]]:
+    """{split: (start, end)} as datetime64[D], checked: ordered, disjoint, ≥ seq_len days."""
+    if set(splits) != set(SPLITS):
+        raise ConfigError("data.splits", sorted(splits), f"exactly the splits {SPLITS}")
+    out = {}
+    for name in SPLITS:
+        rng = splits[name]
+        if not isinstance(rng, Mapping) or set(rng) != {"start", "end"}:
+            raise ConfigError(f"data.splits.{name}", rng, "a mapping {start: date, end: date}")
+        try:
+            lo, hi = (np.datetime64(str(rng[k]), "D") for k in ("start", "end"))
+        except ValueError as exc:
+            raise ConfigError(f"data.splits.{name}", dict(rng), "ISO dates YYYY-MM-DD") from exc
+        if hi < lo:
+            raise ConfigError(f"data.splits.{name}.end", str(rng["end"]),
+                              f"a date on or after data.splits.{name}.start={lo}")
+        out[name] = (lo, hi)
+    order = sorted(SPLITS, key=lambda s: out[s][0])
+    for a, b in zip(order[:-1], order[1:], strict=True):
+        if out[b][0] <= out[a][1]:
+            raise ConfigError(f"data.splits.{b}.start", str(out[b][0]),
+                              f"a date after data.splits.{a}.end={out[a][1]} (splits must "
+                              "not overlap)")
+    shortest = min(SPLITS, key=lambda s: out[s][1] - out[s][0])
+    n_short = int((out[shortest][1] - out[shortest][0]).astype(np.int64)) + 1
+    if seq_len > n_short:
+        raise ConfigError("data.seq_len", seq_len,
+                          f"at most {n_short} days (split `{shortest}` {out[shortest][0]} … "
+                          f"{out[shortest][1]} holds {n_short} days)")
+    return out
+
+
+def check_splits_in_range(splits: Mapping[str, tuple[np.datetime64, np.datetime64]],
+                          first: np.datetime64, last: np.datetime64, where: str) -> None:
+    """Raise naming the split key whose dates fall outside the data's [first, last]."""
+    for name, (lo, hi) in splits.items():
+        for edge, day in (("start", lo), ("end", hi)):
+            if not first <= day <= last:
+                raise ConfigError(f"data.splits.{name}.{edge}", str(day),
+                                  f"a date within {first} … {last} (the time range of {where})")
+
+
+def _stack_normalised(arrays: list[np.ndarray], st: Mapping[str, Any]) -> np.ndarray:
+    """Stack raw windows into one float32 batch array, then (x [log1p] − mean) / std in place;
+    NaN stays NaN."""
+    out = np.stack(arrays).astype(np.float32, copy=False)
+    if st["log"]:
+        np.log1p(np.maximum(out, 0, out=out), out=out)
+    out -= np.float32(st["mean"])
+    out /= np.float32(st["std"])
+    return out
+
+
+class HydroWindowDataset(Dataset):
+    """Windows `(catchment, start)` of a prepared store. A sample holds raw (physical-unit)
+    memory-mapped window views; `HydroCollate` copies and normalises them batch-wise."""
+
+    def __init__(self, store: PreparedStore, windows: np.ndarray, seq_len: int,
+                 locations: np.ndarray) -> None:
+        self.store, self.windows, self.seq_len = store, windows, int(seq_len)  # windows (N, 2)
+        mean = np.asarray(store.meta["static_mean"], dtype=np.float32)
+        std = np.asarray(store.meta["static_std"], dtype=np.float32)
+        self.static = (store.static - mean) / std  # (C, A) normalised
+        self.locations = locations  # (C, 2) patch-grid (row, col), NaN when unknown
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        c, s = (int(v) for v in self.windows[i])
+        days = slice(s, s + self.seq_len)
+        return {
+            "grids": {g: a[days] for g, a in self.store.grids.items()},  # (T, P, p*p) each
+            "series": {n: a[c, days] for n, a in self.store.series.items()},  # (T,) each
+            "static": self.static[c],  # (A,)
+            "location": self.locations[c],  # (2,)
+            "catchment": c,
+            "start": s,
+        }
+
+
+class HydroCollate:
+    """Stack samples into the batch dict (module docstring) and attach the masks."""
+
+    def __init__(
+        self, grid_names: Sequence[str], series_names: Sequence[str], present: Mapping[str, bool],
+        stats: Mapping[str, Mapping[str, Any]], layout: PatchLayout, seq_len: int,
+        mask_cfg: HydroMaskConfig, split_code: int, fixed_masks: bool, day0: int,
+    ) -> None:
+        self.grid_names, self.series_names = list(grid_names), list(series_names)
+        self.present, self.stats = dict(present), dict(stats)
+        self.n_valid, self.pp = layout.n_valid, layout.patch_size ** 2
+        self.n_patches = layout.n_patches
+        self.valid_idx = torch.as_tensor(layout.valid_idx)
+        self.seq_len, self.mask_cfg = int(seq_len), mask_cfg
+        self.split_code, self.fixed_masks, self.day0 = int(split_code), fixed_masks, int(day0)
+
+    def _stack(self, samples: list[dict], group: str, name: str,
+               shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.present[name]:
+            return (torch.full((), float("nan")).expand(shape),
+                    torch.zeros((), dtype=torch.bool).expand(shape))
+        x = _stack_normalised([s[group][name] for s in samples], self.stats[name])
+        return torch.from_numpy(x), torch.from_numpy(np.isfinite(x))
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        b, t = len(samples), self.seq_len
+        batch: dict[str, Any] = {"grids": {}, "grid_valid": {}, "series": {}, "series_valid": {}}
+        for g in self.grid_names:
+            batch["grids"][g], batch["grid_valid"][g] = self._stack(
+                samples, "grids", g, (b, t, self.n_valid, self.pp))
+        for n in self.series_names:
+            batch["series"][n], batch["series_valid"][n] = self._stack(samples, "series", n, (b, t))
+        static = np.stack([s["static"] for s in samples])  # (B, A)
+        batch["static"] = torch.from_numpy(static)
+        batch["static_valid"] = torch.from_numpy(np.isfinite(static))
+        batch["location"] = torch.from_numpy(np.stack([s["location"] for s in samples]))  # (B, 2)
+        batch["present"] = {k: torch.full((b,), v) for k, v in self.present.items()}
+        catchment = torch.tensor([s["catchment"] for s in samples], dtype=torch.int64)
+        start = torch.tensor([s["start"] for s in samples], dtype=torch.int64)
+        keys = (torch.stack([torch.full((b,), self.split_code), catchment, start], dim=1)
+                if self.fixed_masks else None)  # (B, 3) sample identity → fixed masks
+        gm = grid_masks(self.mask_cfg, b, t, self.n_valid, self.grid_names, sample_keys=keys)
+        full: dict[int, torch.Tensor] = {}  # one full-grid tensor per distinct mask
+        batch["grid_mask"] = gm
+        batch["grid_mask_full"] = {
+            g: full.setdefault(id(m), full_grid_mask(m, self.valid_idx, self.n_patches))
+            for g, m in gm.items()
+        }
+        batch["series_mask"] = series_masks(self.mask_cfg, b, t, self.series_names,
+                                            sample_keys=keys)
+        batch["catchment"], batch["start"] = catchment, start
+        batch["time"] = self.day0 + start[:, None] + torch.arange(t)  # (B, T)
+        return batch
+
+
+class HydroDataModule(L.LightningDataModule):
+    """Hydrology windows for MM-MAE from a synthetic, NetCDF, Zarr or CAMELS-GB source.
+
+    Cheap checks (patch size, land mask, masking, splits, names) run in `__init__`; the source
+    is opened and checked, then prepared into a cached store, in `prepare_data`.
+    """
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        root: str | None = None,
+        grids: Mapping[str, str | None] | None = None,
+        series: Mapping[str, str | None] | None = None,
+        static: str | None = "static",
+        location: Sequence[str] | None = None,
+        dims: Mapping[str, str] | None = None,
+        log_series: Sequence[str] = ("riverflow",),
+        synthetic: Mapping[str, Any] | None = None,
+        land_mask: str | None = None,
+        land_mask_var: str = "land_mask",
+        patch_size: int = 10,
+        land_threshold: float = 0.5,
+        seq_len: int = 90,
+        splits: Mapping[str, Mapping[str, str]] | None = None,
+        train_stride: int = 1,
+        eval_stride: int = 30,
+        masking: Mapping[str, Any] | None = None,
+        cache_dir: str = ".cache/hydro",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        grids = as_plain(grids) if grids is not None else {g: g for g in GRID_NAMES}
+        series = as_plain(series) if series is not None else {s: s for s in SERIES_NAMES}
+        clash = set(grids) & set(series)
+        if clash:
+            raise ConfigError(f"data.series.{sorted(clash)[0]}", None,
+                              "a name not used by data.grids (grid and series names differ)")
+        log_series = list(as_plain(log_series) or [])
+        for name in log_series:
+            if name not in series:
+                raise ConfigError("data.log_series", name, list(series))
+        synthetic = dict(as_plain(synthetic) or {})
+        for key in synthetic:
+            if key not in SYNTHETIC_DEFAULTS:
+                raise ConfigError(f"data.synthetic.{key}", synthetic[key], list(SYNTHETIC_DEFAULTS))
+        self.seq_len = _positive_int("data.seq_len", seq_len)
+        self.train_stride = _positive_int("data.train_stride", train_stride)
+        self.eval_stride = _positive_int("data.eval_stride", eval_stride)
+        self.batch_size = _positive_int("data.batch_size", batch_size)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError("data.num_workers", num_workers, "an integer ≥ 0")
+        self.patch_size = check_patch_size(patch_size)
+        self.layout = PatchLayout.build(load_land_mask(land_mask, land_mask_var), self.patch_size,
+                                        land_threshold)
+        self.mask_config = HydroMaskConfig.from_mapping(as_plain(masking))
+        self.mask_config.check_units(self.layout.n_valid, self.seq_len)
+        self.splits = _parse_splits(as_plain(splits) or DEFAULT_SPLITS, self.seq_len)
+        if source == "synthetic":
+            named = [(f"data.{group}.{k}", v) for group, m in (("grids", grids), ("series", series))
+                     for k, v in m.items()] + [("data.static", static)]
+            for key, var in named:
+                if var is not None and var not in SYNTHETIC_VARIABLES:
+                    raise ConfigError(key, var, "a variable of the synthetic generator: "
+                                      + ", ".join(SYNTHETIC_VARIABLES))
+            synthetic = {**SYNTHETIC_DEFAULTS, **synthetic}
+            lo, hi = (np.datetime64(str(synthetic[k]), "D") for k in ("start", "end"))
+            check_splits_in_range(self.splits, lo, hi, "data.synthetic.start … end")
+        self.spec = SourceSpec(
+            kind=source, root=None if root is None else str(root), grids=dict(grids),
+            series=dict(series), static=static, dims={**as_plain(dims or {})},
+            synthetic={**synthetic} if source == "synthetic" else {},
+        )
+        location = as_plain(location)
+        if location is not None and not (
+            isinstance(location, (list, tuple)) and len(location) == 2
+            and all(isinstance(v, str) for v in location)
+        ):
+            raise ConfigError("data.location", location,
+                              "null or [latitude, longitude] static attribute names")
+        self.location = None if location is None else tuple(location)
+        if source == "synthetic":  # attribute names known without generating anything
+            self._check_location(list(SYNTHETIC_STATIC) if static == "static" else [])
+        self.log_series = log_series
+        self.cache_dir = Path(str(cache_dir)).expanduser()
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and num_workers > 0
+        self.grid_names, self.series_names = list(grids), list(series)
+        self.present = {n: v is not None for n, v in {**grids, **series}.items()}
+        self._store_path: Path | None = None
+        self._store: PreparedStore | None = None
+        self.datasets: dict[str, HydroWindowDataset] = {}
+
+    # -- patch layout (available right after __init__) ----------------------------------------
+    @property
+    def n_valid_patches(self) -> int:
+        """P: land patches that become tokens."""
+        return self.layout.n_valid
+
+    @property
+    def n_patches(self) -> int:
+        """Patches on the full grid (522 for p = 10)."""
+        return self.layout.n_patches
+
+    @property
+    def patch_grid_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the patch grid, (29, 18) for p = 10."""
+        return self.layout.n_rows, self.layout.n_cols
+
+    @property
+    def valid_patch_idx(self) -> np.ndarray:
+        """(P,) int64 index of each valid patch on the full patch grid."""
+        return self.layout.valid_idx
+
+    @property
+    def valid_patch_rows(self) -> np.ndarray:
+        """(P,) patch-grid row (0 = south) of each valid patch."""
+        return self.layout.rows
+
+    @property
+    def valid_patch_cols(self) -> np.ndarray:
+        """(P,) patch-grid column (0 = west) of each valid patch."""
+        return self.layout.cols
+
+    @property
+    def pixel_land(self) -> np.ndarray:
+        """(P, p*p) bool land cells of each valid patch."""
+        return self.layout.pixel_land
+
+    # -- store (prepared on first use) --------------------------------------------------------
+    def _open_checked(self):
+        ds = open_source(self.spec, self.layout.land_mask)
+        days = source_days(ds, self.spec)
+        check_splits_in_range(self.splits, days[0], days[-1], self.spec.where)
+        self._check_location(static_names(ds, self.spec))  # before the long preparation
+        return ds
+
+    def _check_location(self, names: list[str]) -> None:
+        """Raise unless `data.location` is null or names two of the static attributes."""
+        for name in self.location or ():
+            if name not in names:
+                raise ConfigError("data.location", list(self.location),
+                                  f"null or two of the static attributes: {names}" if names else
+                                  "null: the source has no static attributes (data.static)")
+
+    def prepare_data(self) -> None:
+        """Open, check and prepare the source into the cache (reused when already there)."""
+        train = tuple(str(d) for d in self.splits["train"])
+        self._store_path = prepare_cached(self.spec, self.layout, train, self.log_series,
+                                          self.cache_dir, self._open_checked)
+
+    @property
+    def store(self) -> PreparedStore:
+        """The prepared store (prepares it on first access)."""
+        if self._store is None:
+            if self._store_path is None:
+                self.prepare_data()
+            store = PreparedStore(self._store_path)
+            check_splits_in_range(self.splits, store.days[0], store.days[-1], self.spec.where)
+            self._store = store
+        return self._store
+
+    @property
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Normalisation per present modality: {name: {mean, std, log}} (train period)."""
+        return self.store.stats
+
+    @property
+    def static_names(self) -> list[str]:
+        return list(self.store.meta["static_names"])
+
+    @property
+    def n_static(self) -> int:
+        """A: static attributes per catchment (0 when the source has none)."""
+        return len(self.static_names)
+
+    @property
+    def static_stats(self) -> dict[str, np.ndarray]:
+        """{"mean": (A,), "std": (A,)} of the static attributes."""
+        m = self.store.meta
+        return {"mean": np.asarray(m["static_mean"]), "std": np.asarray(m["static_std"])}
+
+    @property
+    def catchment_locations(self) -> np.ndarray:
+        """(C, 2) float32 (row, col) of each catchment on the patch grid (nearest cell to its
+        `data.location` latitude/longitude), NaN without `data.location` or a missing value."""
+        n = len(self.catchment_ids)
+        if self.location is None:
+            return np.full((n, 2), np.nan, dtype=np.float32)
+        names = self.static_names
+        self._check_location(names)
+        lat, lon = (self.store.static[:, names.index(v)] for v in self.location)
+        return lat_lon_to_patch(lat, lon, self.patch_size).astype(np.float32)
+
+    @property
+    def catchment_ids(self) -> list[str]:
+        return list(self.store.meta["catchments"])
+
+    def info(self) -> dict[str, Any]:
+        """What a model needs to know about this data, as plain JSON-able types (prepares the
+        store on first use: the static attributes and statistics come from it)."""
+        rows, cols = self.patch_grid_shape
+        return {
+            "grid_names": list(self.grid_names), "series_names": list(self.series_names),
+            "present": {k: bool(v) for k, v in self.present.items()},
+            "patch_size": int(self.patch_size), "seq_len": int(self.seq_len),
+            "n_valid_patches": int(self.n_valid_patches), "n_patches": int(self.n_patches),
+            "patch_grid_shape": [int(rows), int(cols)],
+            "valid_patch_rows": [int(r) for r in self.valid_patch_rows],
+            "valid_patch_cols": [int(c) for c in self.valid_patch_cols],
+            "n_static": int(self.n_static), "static_names": list(self.static_names),
+            "batch_size": int(self.batch_size),
+            "stats": {k: {"mean": float(v["mean"]), "std": float(v["std"]), "log": bool(v["log"])}
+                      for k, v in self.stats.items()},
+        }
+
+    def denormalise(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Normalised values of modality `name` → physical units (expm1 for log series)."""
+        st = self.stats[name]
+        y = x * st["std"] + st["mean"]
+        return torch.expm1(y) if st["log"] else y
+
+    # -- windows and loaders ------------------------------------------------------------------
+    def windows(self, split: str) -> np.ndarray:
+        """(N, 2) int64 [catchment, start] of every window of `split`."""
+        store, t = self.store, self.seq_len
+        lo_s, hi_s = (store.day_index(d) for d in self.splits[split])
+        ranges = np.array([store.data_range(c) for c in range(store.n_catchments)])  # (C, 2)
+        lo, hi = np.maximum(ranges[:, 0], lo_s), np.minimum(ranges[:, 1], hi_s)
+        stride = self.train_stride if split == "train" else self.eval_stride
+        n = max(int(((hi - lo - t + 1) // stride).max()) + 1, 0)
+        starts = lo[:, None] + stride * np.arange(n)[None, :]  # (C, n)
+        ok = starts + t - 1 <= hi[:, None]
+        catchment = np.broadcast_to(np.arange(store.n_catchments)[:, None], starts.shape)
+        win = np.stack([catchment[ok], starts[ok]], axis=1).astype(np.int64)
+        if len(win) == 0:
+            a, b = self.splits[split]
+            raise DataError(f"{self.spec.where}: split `{split}` ({a} … {b}) holds no "
+                            f"{t}-day window inside the data of every present modality")
+        return win
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the window datasets of every split (once)."""
+        if self.datasets:
+            return
+        locations = self.catchment_locations  # (C, 2)
+        for split in SPLITS:
+            self.datasets[split] = HydroWindowDataset(self.store, self.windows(split),
+                                                      self.seq_len, locations)
+            log.info("hydro %s: %d windows", split, len(self.datasets[split]))
+
+    def collate(self, split: str) -> HydroCollate:
+        """The collate function of `split` (fresh masks for train, fixed ones otherwise)."""
+        day0 = int((self.store.start_day - _EPOCH).astype(np.int64))
+        return HydroCollate(self.grid_names, self.series_names, self.present, self.stats,
+                            self.layout,
+                            self.seq_len, self.mask_config, SPLITS.index(split),
+                            fixed_masks=split != "train", day0=day0)
+
+    def _loader(self, split: str) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.datasets[split], batch_size=self.batch_size, shuffle=split == "train",
+            num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers, collate_fn=self.collate(split),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

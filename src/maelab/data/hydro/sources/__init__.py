@@ -1,0 +1,1 @@
+"""Hydrology sources: one module per kind of source."""

@@ -1,0 +1,456 @@
+"""Open a hydrology source and prepare it into a fast, cached training store.
+
+Sources map onto one format (see `maelab.data.hydro.sources.synthetic`): grids (time, y, x) on the
+290 × 180 HadUK-Grid, catchment series (time, catchment), static attributes
+(catchment, attribute). Source kinds: `synthetic` (generated in memory), `netcdf` (a file, a
+directory of *.nc or a glob; many files via `open_mfdataset`), `zarr`, `camels_gb` (the CSV
+release: gauge_id, date, precipitation, temperature, discharge_spec).
+
+The prepared store is a directory of uncompressed `.npy` files, memory-mapped for reading, so a
+window is a slice:
+
+    grid_<name>.npy    float32 (n_days, P, p*p)   valid land patches only, NaN off land / missing
+    series_<name>.npy  float32 (n_catchments, n_days)
+    static.npy         float32 (n_catchments, A)
+    meta.json          days, names, valid patches, spans of data, normalisation statistics
+
+Days form a complete daily axis (missing source days are NaN). Statistics are computed on the
+training period only (land pixels only; series listed in `log_series` after log1p). The store
+lives under `<cache_dir>/<key>`, key = hash of the source fingerprint and every setting.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from maelab.core.errors import ConfigError, DataError
+from maelab.core.io import atomic_write_json
+from maelab.data.hydro.layout import GRID_SHAPE, PatchLayout
+
+log = logging.getLogger(__name__)
+
+STORE_VERSION = 1
+SOURCE_KINDS = ("synthetic", "netcdf", "zarr", "camels_gb")
+DEFAULT_DIMS = {"time": "time", "y": "y", "x": "x", "catchment": "catchment",
+                "attribute": "attribute"}
+CAMELS_FILE = "camels_gb_60_daily_1989_2015.csv.gz"
+_BLOCK_DAYS = 64
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where hydrology data comes from and how its names map onto the canonical ones.
+
+    `grids` / `series` map canonical names to source variables (None = absent modality).
+    """
+
+    kind: str = "synthetic"
+    root: str | None = None
+    grids: dict[str, str | None] = field(default_factory=dict)
+    series: dict[str, str | None] = field(default_factory=dict)
+    static: str | None = None
+    dims: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DIMS))
+    synthetic: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ConfigError("data.source", self.kind, SOURCE_KINDS)
+        if self.kind != "synthetic" and not self.root:
+            raise ConfigError("data.root", self.root,
+                              f"a path to the {self.kind} data (override with data.root=...)")
+        unknown = set(self.dims) - set(DEFAULT_DIMS)
+        if unknown:
+            raise ConfigError(f"data.dims.{sorted(unknown)[0]}", None,
+                              f"a key among {', '.join(DEFAULT_DIMS)}")
+
+    @property
+    def where(self) -> str:
+        """Human-readable origin for error messages."""
+        return "the synthetic generator" if self.kind == "synthetic" else str(self.root)
+
+    def dim(self, name: str) -> str:
+        return self.dims.get(name, DEFAULT_DIMS[name])
+
+    def needed(self) -> list[str]:
+        """Source variables that are read."""
+        names = [*self.grids.values(), *self.series.values(), self.static]
+        return [v for v in names if v is not None]
+
+
+def source_files(spec: SourceSpec) -> list[Path]:
+    """The files behind a file-based source (sorted); raises naming `data.root` if none."""
+    root = Path(str(spec.root)).expanduser()
+    if spec.kind == "netcdf":
+        if root.is_dir():
+            files = sorted(root.glob("*.nc"))
+        elif any(c in str(root) for c in "*?["):
+            files = sorted(Path(p) for p in glob.glob(str(root)))
+        else:
+            files = [root] if root.is_file() else []
+    elif spec.kind == "zarr":
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    else:  # camels_gb
+        files = [root / CAMELS_FILE] if (root / CAMELS_FILE).is_file() else []
+        files += [root / "gauges.csv"] if (root / "gauges.csv").is_file() else []
+    if not files:
+        want = {"netcdf": "a NetCDF file, a directory of *.nc files or a glob",
+                "zarr": "a Zarr store directory",
+                "camels_gb": f"a directory holding {CAMELS_FILE} (and gauges.csv)"}[spec.kind]
+        raise ConfigError("data.root", str(spec.root), f"{want} (override with data.root=...)")
+    return files
+
+
+def source_fingerprint(spec: SourceSpec) -> str:
+    """Identity of the source: generator settings, or path, size and mtime of every file."""
+    if spec.kind == "synthetic":
+        from maelab.data.hydro.sources.synthetic import GENERATOR_VERSION
+
+        ident: Any = {"generator": GENERATOR_VERSION, **spec.synthetic}
+    else:
+        ident = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in source_files(spec)]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_camels_gb(root: str | Path) -> xr.Dataset:
+    """CAMELS-GB CSV release → Dataset with (time, catchment) variables precipitation,
+    temperature, discharge_spec; catchment = gauge_id (gauge_name as a coordinate)."""
+    root = Path(root)
+    path = root / CAMELS_FILE
+    if not path.is_file():
+        raise ConfigError("data.root", str(root), f"a directory holding {CAMELS_FILE}")
+    df = pd.read_csv(path, parse_dates=["date"])
+    expected = {"gauge_id", "date", "precipitation", "temperature", "discharge_spec"}
+    if not expected <= set(df.columns):
+        raise DataError(f"{path}: columns {sorted(df.columns)}; expected {sorted(expected)}")
+    wide = df.pivot(index="date", columns="gauge_id")
+    gauges = wide.columns.levels[1]
+    data = {v: (("time", "catchment"), wide[v].reindex(columns=gauges).to_numpy(np.float32))
+            for v in ("precipitation", "temperature", "discharge_spec")}
+    coords: dict[str, Any] = {"time": wide.index.to_numpy(), "catchment": gauges.to_numpy()}
+    names_path = root / "gauges.csv"
+    if names_path.is_file():
+        names = pd.read_csv(names_path).set_index("gauge_id")["gauge_name"]
+        coords["gauge_name"] = ("catchment", names.reindex(gauges).fillna("").to_numpy(str))
+    return xr.Dataset(data, coords=coords, attrs={"source": str(path)})
+
+
+def open_source(spec: SourceSpec, land_mask: np.ndarray | None = None) -> xr.Dataset:
+    """Open the source lazily (file kinds) or generate it (synthetic); checks it first."""
+    if spec.kind == "synthetic":
+        from maelab.data.hydro.sources.synthetic import generate_hydrology
+
+        ds = generate_hydrology(**spec.synthetic, land_mask=land_mask)
+    elif spec.kind == "camels_gb":
+        ds = load_camels_gb(spec.root)
+    elif spec.kind == "zarr":
+        source_files(spec)
+        ds = xr.open_zarr(str(spec.root))
+    else:
+        files = source_files(spec)
+        with xr.open_dataset(files[0]) as first:
+            check_source(first, spec, where=str(files[0]))
+        if len(files) == 1:
+            ds = xr.open_dataset(files[0], chunks={})
+        else:
+            keep = spec.needed()
+            ds = xr.open_mfdataset(
+                files, combine="by_coords", data_vars="minimal", coords="minimal",
+                compat="override", join="outer",
+                preprocess=lambda d: d[[v for v in keep if v in d.variables]],
+            )
+    check_source(ds, spec)
+    return ds
+
+
+def check_source(ds: xr.Dataset, spec: SourceSpec, where: str | None = None) -> None:
+    """Raise before any long work: missing variables (listing those present), wrong dims or
+    grid shape, a time axis that is not dates."""
+    where = where or spec.where
+    present = sorted(str(v) for v in ds.data_vars)
+    t, y, x = spec.dim("time"), spec.dim("y"), spec.dim("x")
+    c, a = spec.dim("catchment"), spec.dim("attribute")
+    groups = [("grids", spec.grids, (t, y, x)), ("series", spec.series, (t, c))]
+    if spec.static is not None:
+        groups.append(("static", {"static": spec.static}, (c, a)))
+    for group, mapping, dims in groups:
+        for name, var in mapping.items():
+            if var is None:
+                continue
+            key = f"data.{group}.{name}" if group != "static" else "data.static"
+            if var not in ds.variables:
+                raise ConfigError(key, var, f"a variable of {where}: {', '.join(present)}")
+            da = ds[var]
+            if set(da.dims) != set(dims):
+                raise DataError(
+                    f"{where}: variable `{var}` ({key}) has dims {tuple(da.dims)}; expected "
+                    f"{dims} (map dimension names with data.dims)")
+            if group == "grids" and (da.sizes[y], da.sizes[x]) != GRID_SHAPE:
+                raise DataError(
+                    f"{where}: grid `{var}` ({key}) has shape {(da.sizes[y], da.sizes[x])} "
+                    f"({y}, {x}); expected {GRID_SHAPE} (HadUK-Grid 5 km, y × x)")
+    if t not in ds.coords or not np.issubdtype(ds[t].dtype, np.datetime64):
+        raise DataError(f"{where}: no datetime coordinate `{t}` (data.dims.time)")
+
+
+def source_days(ds: xr.Dataset, spec: SourceSpec) -> np.ndarray:
+    """(n_source_steps,) datetime64[D] dates of the source, checked strictly increasing."""
+    days = ds[spec.dim("time")].values.astype("datetime64[D]")
+    if days.size == 0 or (np.diff(days.astype(np.int64)) <= 0).any():
+        raise DataError(f"{spec.where}: time axis `{spec.dim('time')}` must hold strictly "
+                        "increasing, distinct days")
+    return days
+
+
+def store_key(spec: SourceSpec, layout: PatchLayout, train: tuple[str, str],
+              log_series: Sequence[str]) -> str:
+    """Cache key of the prepared store: source fingerprint + every setting that shapes it."""
+    settings = {
+        "version": STORE_VERSION, "source": source_fingerprint(spec),
+        "spec": {k: v for k, v in asdict(spec).items() if k != "root"},
+        "layout": layout.fingerprint(), "train": list(train), "log": sorted(log_series),
+    }
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+class _Moments:
+    """Running count / sum / sum of squares (float64) of finite values."""
+
+    def __init__(self) -> None:
+        self.n, self.s, self.ss = 0, 0.0, 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        v = x[np.isfinite(x)].astype(np.float64)
+        self.n += v.size
+        self.s += float(v.sum())
+        self.ss += float((v * v).sum())
+
+    def result(self, name: str) -> tuple[float, float]:
+        if self.n == 0:
+            raise DataError(f"`{name}` has no finite values in the training period")
+        mean = self.s / self.n
+        std = float(np.sqrt(max(self.ss / self.n - mean * mean, 0.0)))
+        return mean, std if std > 1e-6 else 1.0
+
+
+def _span(finite_days: np.ndarray) -> list[int]:
+    """[first, last] index of True in a (n_days,) bool array, [-1, -1] if none."""
+    idx = np.flatnonzero(finite_days)
+    return [int(idx[0]), int(idx[-1])] if idx.size else [-1, -1]
+
+
+def write_store(ds: xr.Dataset, spec: SourceSpec, layout: PatchLayout,
+                train: tuple[str, str], log_series: Sequence[str], out: Path) -> None:
+    """Prepare `ds` into the store directory `out` (see the module docstring)."""
+    out.mkdir(parents=True)
+    src_days = source_days(ds, spec)
+    days = np.arange(src_days[0], src_days[-1] + 1, dtype="datetime64[D]")
+    pos = (src_days - days[0]).astype(np.int64)  # (n_src,) day index of each source step
+    n_days, p, pp = days.size, layout.n_valid, layout.patch_size ** 2
+    lo, hi = np.datetime64(train[0], "D"), np.datetime64(train[1], "D")
+    in_train = (days >= lo) & (days <= hi)  # (n_days,)
+    t, y, x, c = (spec.dim(k) for k in ("time", "y", "x", "catchment"))
+    meta: dict[str, Any] = {
+        "version": STORE_VERSION, "source": spec.where, "start_day": str(days[0]),
+        "n_days": int(n_days), "patch_size": layout.patch_size, "n_valid": p,
+        "valid_idx": layout.valid_idx.tolist(), "train": list(train),
+        "grids": [], "series": [], "stats": {}, "grid_span": {}, "series_span": {},
+    }
+    for name, var in spec.grids.items():
+        if var is None:
+            continue
+        da = ds[var].transpose(t, y, x)
+        flip_y = da[y].size > 1 and y in da.coords and float(da[y][0]) > float(da[y][-1])
+        flip_x = da[x].size > 1 and x in da.coords and float(da[x][0]) > float(da[x][-1])
+        mm = np.lib.format.open_memmap(out / f"grid_{name}.npy", mode="w+", dtype=np.float32,
+                                       shape=(n_days, p, pp))
+        if pos.size != n_days:
+            mm[:] = np.nan
+        mom, has = _Moments(), np.zeros(n_days, dtype=bool)
+        bounds = np.cumsum((0, *da.chunks[0])) if da.chunks else np.arange(
+            0, src_days.size + _BLOCK_DAYS, _BLOCK_DAYS).clip(max=src_days.size)
+        for i0, i1 in zip(bounds[:-1], bounds[1:], strict=True):
+            block = np.asarray(da.isel({t: slice(int(i0), int(i1))}).values, dtype=np.float32)
+            block = block[:, ::-1] if flip_y else block
+            block = block[:, :, ::-1] if flip_x else block
+            patches = layout.extract(block)  # (b, P, p*p), NaN off land
+            rows = pos[i0:i1]
+            mm[rows] = patches
+            has[rows] = np.isfinite(patches).any(axis=(1, 2))
+            mom.add(patches[in_train[rows]])
+        mm.flush()
+        del mm
+        mean, std = mom.result(f"{spec.where}:{var}")
+        meta["grids"].append(name)
+        meta["stats"][name] = {"mean": mean, "std": std, "log": False}
+        meta["grid_span"][name] = _span(has)
+    per_catchment = any(v is not None for v in spec.series.values()) or spec.static is not None
+    catchments = ds[c].values if per_catchment else np.array(["all"])  # one pseudo-catchment
+    meta["catchments"] = [str(v) for v in catchments]
+    for name, var in spec.series.items():
+        if var is None:
+            continue
+        vals = ds[var].transpose(c, t).values.astype(np.float32)  # (C, n_src)
+        arr = np.full((catchments.size, n_days), np.nan, dtype=np.float32)
+        arr[:, pos] = vals
+        np.save(out / f"series_{name}.npy", arr)
+        logged = name in log_series
+        mom = _Moments()
+        mom.add(np.log1p(np.maximum(arr[:, in_train], 0)) if logged else arr[:, in_train])
+        mean, std = mom.result(f"{spec.where}:{var}")
+        meta["series"].append(name)
+        meta["stats"][name] = {"mean": mean, "std": std, "log": logged}
+        meta["series_span"][name] = [_span(r) for r in np.isfinite(arr)]
+    if spec.static is not None:
+        da = ds[spec.static].transpose(c, spec.dim("attribute"))
+        static = np.asarray(da.values, dtype=np.float32)  # (C, A)
+        names = static_names(ds, spec)
+    else:
+        static, names = np.zeros((catchments.size, 0), dtype=np.float32), []
+    np.save(out / "static.npy", static)
+    with warnings.catch_warnings():  # all-NaN attributes → mean 0, std 1
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s_mean = np.nan_to_num(np.nanmean(static, axis=0)) if static.size else np.zeros(0)
+        s_std = np.nan_to_num(np.nanstd(static, axis=0)) if static.size else np.zeros(0)
+    meta["static_names"] = names
+    meta["static_mean"] = s_mean.tolist()
+    meta["static_std"] = np.where(s_std > 1e-6, s_std, 1.0).tolist()
+    atomic_write_json(out / "meta.json", meta)
+
+
+def static_names(ds: xr.Dataset, spec: SourceSpec) -> list[str]:
+    """Names of the source's static attributes (`attr_<i>` without an attribute coordinate)."""
+    if spec.static is None:
+        return []
+    da, dim = ds[spec.static], spec.dim("attribute")
+    return [str(v) for v in da[dim].values] if dim in da.coords else [
+        f"attr_{i}" for i in range(da.sizes[dim])]
+
+
+def prepare_cached(
+    spec: SourceSpec, layout: PatchLayout, train: tuple[str, str], log_series: Sequence[str],
+    cache_dir: str | Path, open_fn: Callable[[], xr.Dataset],
+) -> Path:
+    """Return the store for these settings under `cache_dir`, preparing it on a cache miss.
+
+    `open_fn` is only called on a miss. Written to a temporary directory, then renamed.
+    """
+    cache_dir = Path(cache_dir).expanduser()
+    path = cache_dir / store_key(spec, layout, train, log_series)
+    if (path / "meta.json").is_file():
+        log.info("hydro store cache hit: %s", path)
+        return path
+    ds = open_fn()
+    tmp = cache_dir / f".tmp-{path.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        write_store(ds, spec, layout, train, log_series, tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # prepared concurrently by another process: keep theirs
+            if not (path / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.close()
+    log.info("hydro store prepared: %s", path)
+    return path
+
+
+class PreparedStore:
+    """Read side of a prepared store: memory-mapped arrays plus metadata (cheap to pickle)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.meta: dict[str, Any] = json.loads((self.path / "meta.json").read_text())
+
+    def __getstate__(self) -> dict[str, Any]:  # memmaps are reopened in worker processes
+        return {"path": self.path, "meta": self.meta}
+
+    @property
+    def grid_names(self) -> list[str]:
+        return list(self.meta["grids"])
+
+    @property
+    def series_names(self) -> list[str]:
+        return list(self.meta["series"])
+
+    @property
+    def n_days(self) -> int:
+        return int(self.meta["n_days"])
+
+    @property
+    def start_day(self) -> np.datetime64:
+        return np.datetime64(self.meta["start_day"], "D")
+
+    @property
+    def days(self) -> np.ndarray:
+        """(n_days,) datetime64[D]."""
+        return self.start_day + np.arange(self.n_days)
+
+    @property
+    def n_catchments(self) -> int:
+        return len(self.meta["catchments"])
+
+    @property
+    def stats(self) -> dict[str, dict[str, float]]:
+        return self.meta["stats"]
+
+    def day_index(self, day: str | np.datetime64) -> int:
+        return int((np.datetime64(day, "D") - self.start_day).astype(np.int64))
+
+    @cached_property
+    def grids(self) -> dict[str, np.ndarray]:
+        """name → memmap float32 (n_days, P, p*p)."""
+        return {g: np.load(self.path / f"grid_{g}.npy", mmap_mode="r") for g in self.grid_names}
+
+    @cached_property
+    def series(self) -> dict[str, np.ndarray]:
+        """name → memmap float32 (n_catchments, n_days)."""
+        return {s: np.load(self.path / f"series_{s}.npy", mmap_mode="r")
+                for s in self.series_names}
+
+    @cached_property
+    def static(self) -> np.ndarray:
+        """float32 (n_catchments, A) raw attribute values."""
+        return np.load(self.path / "static.npy")
+
+    def data_range(self, catchment: int) -> tuple[int, int]:
+        """[first, last] day index with data of every present modality for `catchment`
+        (series entirely missing for it are ignored); (0, -1) when there is none."""
+        spans = list(self.meta["grid_span"].values())
+        spans += [self.meta["series_span"][s][catchment] for s in self.series_names]
+        spans = [s for s in spans if s[0] >= 0]
+        if not spans:
+            return 0, -1
+        return max(s[0] for s in spans), min(s[1] for s in spans)
+
+
+def as_plain(obj: Any) -> Any:
+    """OmegaConf containers → plain Python (dicts/lists); anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover
+        return obj
+    if isinstance(obj, DictConfig | ListConfig):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, Mapping):
+        return {k: as_plain(v) for k, v in obj.items()}
+    return obj

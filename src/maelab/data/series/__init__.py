@@ -1,0 +1,1 @@
+"""Long multivariate series as windows: synthetic anomalies, SMD."""

@@ -1,0 +1,95 @@
+"""DataModule for the embedded synthetic anomaly default (train / validation / test splits)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from maelab.core.errors import ConfigError
+from maelab.data.samplers import sharded_loader
+from maelab.data.series.synthetic import ANOMALY_TYPES, feature_names, generate_windows
+from maelab.data.series.windows import WindowDataset
+
+
+class SyntheticAnomalyDataModule(L.LightningDataModule):
+    """Contaminated train split (unlabelled + a few labelled anomalies), labelled val and test.
+
+    Values are z-scored per feature with train statistics.
+    """
+
+    eval_level = "window"
+    anomaly_types = list(ANOMALY_TYPES)
+
+    def __init__(
+        self,
+        seq_length: int = 100,
+        num_features: int = 5,
+        n_train: int = 5000,
+        n_val: int = 1000,
+        n_test: int = 2000,
+        train_contamination: float = 0.05,
+        train_labelled_share: float = 0.03,
+        val_anomaly_share: float = 0.1,
+        test_anomaly_share: float = 0.25,
+        focus_last: int = 10,
+        focus_share: float = 0.8,
+        seed: int = 1234,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for key, value in {"seq_length": seq_length, "num_features": num_features,
+                           "n_train": n_train, "n_val": n_val, "n_test": n_test,
+                           "batch_size": batch_size}.items():
+            if int(value) <= 0:
+                raise ConfigError(f"data.{key}", value, "a positive integer")
+        for key, value in {"train_contamination": train_contamination,
+                           "train_labelled_share": train_labelled_share,
+                           "val_anomaly_share": val_anomaly_share,
+                           "test_anomaly_share": test_anomaly_share,
+                           "focus_share": focus_share}.items():
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"data.{key}", value, "a share in [0, 1]")
+        if not 0 < focus_last <= seq_length:
+            raise ConfigError("data.focus_last", focus_last, f"an integer in [1, {seq_length}]")
+        self.seq_length, self.num_features = int(seq_length), int(num_features)
+        self.feature_names = feature_names(self.num_features)
+        self.train_has_labels = train_labelled_share > 0
+        self.val_has_labels = val_anomaly_share > 0
+        self.kw = dict(seq_length=seq_length, num_features=num_features, focus_last=focus_last,
+                       focus_share=focus_share)
+        self.splits = {
+            "train": (n_train, train_contamination + train_labelled_share, train_labelled_share),
+            "val": (n_val, val_anomaly_share, 0.0),
+            "test": (n_test, test_anomaly_share, 0.0),
+        }
+        self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
+        self.datasets: dict[str, WindowDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        raw = {
+            name: generate_windows(n, anomaly_share=share, labelled_share=lab,
+                                   seed=self.seed + k, **self.kw)
+            for k, (name, (n, share, lab)) in enumerate(self.splits.items())
+        }
+        flat = raw["train"].x.reshape(-1, self.num_features)
+        self.mean, self.std = flat.mean(axis=0), flat.std(axis=0) + 1e-6  # (F,) train statistics
+        for name, w in raw.items():
+            x = ((w.x - self.mean) / self.std).astype(np.float32)
+            self.datasets[name] = WindowDataset(x, w.point_labels, w.anomaly_type, w.labelled)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return sharded_loader(self.datasets[name], self.batch_size, shuffle, self.num_workers,
+                              self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,1 +1,0 @@
-"""Shared model pieces: transformer blocks, positional embeddings, token gathering."""

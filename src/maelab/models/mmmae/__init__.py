@@ -1,0 +1,1 @@
+"""MM-MAE: multi-modal masked autoencoder for hydrology."""

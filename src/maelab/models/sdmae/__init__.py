@@ -1,0 +1,1 @@
+"""SD-MAE: self-distilled masked autoencoder for time-series anomaly detection."""

@@ -1,0 +1,1 @@
+"""Layers shared by the models: transformer blocks, positional embeddings, token gathering, patchify."""

@@ -1,0 +1,1 @@
+"""Run reports: console tables, multirun aggregation (`python -m maelab.report <dir>`), Hydra callbacks."""
