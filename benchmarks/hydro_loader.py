@@ -3,8 +3,8 @@
 One run writes a synthetic source as compressed NetCDF (zlib, monthly time chunks, like the
 HadUK-Grid files), prepares the store from it, then reads the same random (catchment, 90-day)
 windows both ways, plus full batches through the DataModule's dataset + collate (normalisation
-and masks included). Reported: windows/s (median of `repeats` timed rounds after a warm-up)
-and MB per window.
+included; the model draws the masks). Reported: windows/s (median of `repeats` timed rounds after
+a warm-up) and MB per window.
 
     python -m benchmarks.hydro_loader [days=365] [windows=24] [repeats=5] [workdir=…]
 """
@@ -29,7 +29,6 @@ from maelab.data.hydro.datamodule import HydroCollate, HydroWindowDataset
 from maelab.data.hydro.layout import PatchLayout, default_land_mask
 from maelab.data.hydro.sources.synthetic import GRIDS, SERIES, generate_hydrology, write_dataset
 from maelab.data.hydro.store import PreparedStore, SourceSpec, open_source, prepare_cached
-from maelab.models.mmmae.masking import HydroMaskConfig
 
 
 def _rate(fn: Callable[[int, int], int], windows: np.ndarray, repeats: int,
@@ -80,8 +79,7 @@ def run(days: int = 365, windows: int = 24, repeats: int = 5, seq_len: int = 90,
         dataset = HydroWindowDataset(store, win, seq_len,
                                      np.full((store.n_catchments, 2), np.nan, np.float32))
         collate = HydroCollate(GRIDS, SERIES, dict.fromkeys((*GRIDS, *SERIES), True),
-                               store.stats, layout, seq_len, HydroMaskConfig(), 0,
-                               fixed_masks=False, day0=0)
+                               store.stats, layout, seq_len, day0=0)
         starts = list(range(0, windows - batch_size + 1, batch_size))
 
         def batches(i: int, _: int) -> int:

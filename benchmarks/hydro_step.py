@@ -2,8 +2,8 @@
 
 The train loader of a HydroDataModule on a prepared synthetic store (1 year by default, shared
 with `benchmarks.memory`; `num_workers=0`, so a batch is built in this process: memmap
-slices, normalisation, validity, masks) and the MM-MAE of the default config
-(`experiment=hydro`: forward, `mmmae_loss`, backward, AdamW) alternate batch by batch: fetch one
+slices, normalisation, validity) and the MM-MAE of the default config
+(`experiment=hydro`: masks, forward, `mmmae_loss`, backward, AdamW) alternate batch by batch: fetch one
 batch (timed), train one step on it (timed). Reported: median seconds of each over `repeats`
 after `warmup`, windows/s of the loader, and step / loader (target ≥ 5: the loader is no
 bottleneck even without worker processes).
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from benchmarks.common import compose, device_of, median, timed
 from benchmarks.memory import DEFAULT_CACHE, store_kwargs
@@ -43,12 +42,12 @@ def run(years: int = 1, repeats: int = 5, warmup: int = 1, seed: int = 0,
     cfg = compose(["experiment=hydro", *overrides])
     kw = store_kwargs(years, cache_dir or DEFAULT_CACHE, int(cfg.data.seq_len),
                       int(cfg.data.batch_size))
-    dm = HydroDataModule(**kw, masking=OmegaConf.to_container(cfg.masking, resolve=True),
-                         patch_size=int(cfg.data.patch_size))
+    dm = HydroDataModule(**kw, patch_size=int(cfg.data.patch_size))
     dm.prepare_data()
     dm.setup("fit")
     torch.manual_seed(seed)
-    net = build_module(cfg, dm).net.to(dev).train()
+    module = build_module(cfg, dm).to(dev)
+    net = module.net.train()
     opt = adamw_warmup_cosine(net, 1000, 1e-3)["optimizer"]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     batches = iter(dm.train_dataloader())
@@ -58,8 +57,9 @@ def run(years: int = 1, repeats: int = 5, warmup: int = 1, seed: int = 0,
         current["batch"] = _to(next(batches), dev)
 
     def step() -> None:
+        batch = module.masked(current["batch"], stream=0)  # as on_after_batch_transfer does
         with autocast:
-            loss = mmmae_loss(net(current["batch"]), current["batch"], {})["loss"]
+            loss = mmmae_loss(net(batch), batch, {})["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

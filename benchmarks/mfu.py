@@ -25,7 +25,7 @@ from benchmarks.common import device_of, interleaved, median, timed
 from benchmarks.mmmae_encoder import GRIDS, SERIES, synthetic_batch
 from maelab.data.hydro.layout import PatchLayout, default_land_mask
 from maelab.lit.optim import adamw_warmup_cosine
-from maelab.masking.noise import hidden_count
+from maelab.masking.count import hidden_count
 from maelab.models.mmmae.loss import mmmae_loss
 from maelab.models.mmmae.model import MMMAE
 

@@ -22,7 +22,9 @@ import torch
 
 from maelab.core.errors import ConfigError
 from maelab.data.hydro.layout import PatchLayout, default_land_mask
-from maelab.models.mmmae.masking import HydroMaskConfig, grid_masks, series_masks
+from maelab.masking.noise import KeyedNoise
+from maelab.models.mmmae.config import MaskingConfig
+from maelab.models.mmmae.masking import grid_masks, series_masks
 from maelab.models.mmmae.model import MMMAE
 
 GRIDS = ("precipitation", "soil_moisture", "temperature")
@@ -38,7 +40,8 @@ def synthetic_batch(layout: PatchLayout, batch_size: int, seq_len: int, ratio: f
     g = torch.Generator().manual_seed(seed)
     b, t, p, pp = batch_size, seq_len, layout.n_valid, layout.patch_size ** 2
     land = torch.from_numpy(layout.pixel_land)  # (P, p²)
-    cfg = HydroMaskConfig(ratio=ratio)
+    cfg = MaskingConfig(ratio=ratio)
+    noise = KeyedNoise(seed, torch.arange(b))  # one key per window
     batch = {
         "grids": {n: torch.randn(b, t, p, pp, generator=g) for n in GRIDS},
         "grid_valid": {n: land.expand(b, t, p, pp) for n in GRIDS},
@@ -47,8 +50,8 @@ def synthetic_batch(layout: PatchLayout, batch_size: int, seq_len: int, ratio: f
         "static": torch.randn(b, n_static, generator=g),
         "static_valid": torch.ones(b, n_static, dtype=torch.bool),
         "present": {n: torch.ones(b, dtype=torch.bool) for n in (*GRIDS, *SERIES)},
-        "grid_mask": grid_masks(cfg, b, t, p, GRIDS, generator=g),
-        "series_mask": series_masks(cfg, b, t, SERIES, generator=g),
+        "grid_mask": grid_masks(noise, cfg, t, p, GRIDS),
+        "series_mask": series_masks(noise, cfg, t, SERIES),
     }
     return {k: {n: x.to(device) for n, x in v.items()} if isinstance(v, dict) else v.to(device)
             for k, v in batch.items()}

@@ -35,7 +35,7 @@ from hydra.utils import instantiate
 
 from benchmarks.common import compose, device_of, median, synchronize
 from maelab.lit.optim import adamw_warmup_cosine, effective_lr
-from maelab.models.sdmae.masking import STRATEGIES
+from maelab.models.sdmae.config import STRATEGIES
 from maelab.pipeline import build_datamodule, build_module
 
 Seconds = tuple[float, float]  # (wall, process CPU)

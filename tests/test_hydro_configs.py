@@ -12,6 +12,8 @@ from hydra.utils import instantiate
 
 import maelab.data.hydro.sources.synthetic as synthetic
 from maelab.data.hydro.datamodule import HydroDataModule
+from maelab.models.mmmae.config import MaskingConfig
+from maelab.models.mmmae.masking import with_masks
 
 CONF = Path(__file__).parents[1] / "conf"
 SMALL = [
@@ -34,8 +36,9 @@ def test_configs_compose(data: str, masking: str) -> None:
     cfg = _compose([f"data={data}", f"masking={masking}", "masking_ratio=0.75", "debug=fast"])
     assert cfg.data.num_workers == 0  # debug=fast reaches every data config
     assert cfg.data._target_ == "maelab.data.hydro.datamodule.HydroDataModule"
-    assert cfg.data.masking.strategy == masking and cfg.data.masking.ratio == 0.75
-    assert cfg.data.masking.series == ("shared" if masking == "unified" else "independent")
+    assert "masking" not in cfg.data  # masks are the model's (model.masking: ${masking})
+    assert cfg.masking.strategy == masking and cfg.masking.ratio == 0.75
+    assert cfg.masking.series == ("shared" if masking == "unified" else "independent")
     assert cfg.data.cache_dir.endswith(".cache/hydro")
 
 
@@ -43,15 +46,18 @@ def test_synthetic_default_instantiates_and_reuses_cache(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = ["data=hydro_synthetic", "masking=independent", "masking_ratio=0.75",
                  "debug=fast", f"data.cache_dir={tmp_path}", *SMALL]
-    dm = instantiate(_compose(overrides).data)
-    assert isinstance(dm, HydroDataModule) and dm.mask_config.strategy == "independent"
+    cfg = _compose(overrides)
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, HydroDataModule)
     dm.prepare_data()
     b = next(iter(dm.val_dataloader()))
     n = len(b["catchment"])  # one window per catchment (eval_stride 30)
     assert n == 3 and b["grids"]["temperature"].shape == (n, 15, 94, 100)
     assert b["series"]["riverflow"].shape == (n, 15) and b["static"].shape == (n, 8)
     assert all(b["present"][n].all() for n in (*dm.grid_names, *dm.series_names))
-    assert not torch.equal(b["grid_mask"]["precipitation"], b["grid_mask"]["temperature"])
+    m = with_masks(b, MaskingConfig(**cfg.masking), 0, -1, dm.n_valid_patches, dm.grid_names,
+                   dm.series_names)
+    assert not torch.equal(m["grid_mask"]["precipitation"], m["grid_mask"]["temperature"])
 
     def no_generation(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("regenerated although the store is cached")

@@ -1,4 +1,4 @@
-"""HydroDataModule: prepared store, windows, batches, masks in batches, cache, bad input."""
+"""HydroDataModule: prepared store, windows, batches (and the model's masks on them), cache, bad input."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import maelab.data.hydro.datamodule as hdm
 from maelab.core.errors import ConfigError, DataError
 from maelab.data.hydro.datamodule import HydroDataModule
 from maelab.data.hydro.sources.synthetic import generate_hydrology, write_dataset
+from maelab.models.mmmae.config import MaskingConfig
+from maelab.models.mmmae.masking import with_masks
+from maelab.scoring.hydro_metrics import denormalise
 
 NAN_DAY = 69  # 2000-03-10: precipitation missing everywhere
 SERIES_START = 40  # catchment 0: riverflow starts on day 40
@@ -36,8 +39,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, xr.Dataset]:
 
 def _kw(root: Path, cache: Path, **over: Any) -> dict[str, Any]:
     kw = dict(source="netcdf", root=str(root), cache_dir=str(cache), seq_len=20, train_stride=3,
-              eval_stride=5, batch_size=4, splits=SPLITS,
-              masking={"strategy": "unified", "ratio": 0.75, "seed": 0})
+              eval_stride=5, batch_size=4, splits=SPLITS)
     return {**kw, **over}
 
 
@@ -77,7 +79,7 @@ def test_stats_from_training_period_land_only(dm: HydroDataModule,
     assert dm.stats["riverflow"]["log"] and not dm.stats["evaporation"]["log"]
     assert dm.stats["riverflow"]["mean"] == pytest.approx(np.nanmean(q), rel=1e-5)
     x = torch.tensor([0.3])
-    phys = dm.denormalise("riverflow", x)
+    phys = denormalise(x, dm.stats["riverflow"])
     st = dm.stats["riverflow"]
     assert phys.item() == pytest.approx(np.expm1(0.3 * st["std"] + st["mean"]), rel=1e-5)
 
@@ -100,7 +102,7 @@ def test_windows_never_straddle_splits_or_series_start(dm: HydroDataModule) -> N
 def _batch_covering(dm: HydroDataModule, split: str, catchment: int, day: int) -> dict:
     ds = dm.datasets[split]
     idx = [i for i, (c, s) in enumerate(ds.windows) if c == catchment and s <= day < s + dm.seq_len]
-    return dm.collate(split)([ds[i] for i in idx[:2]])
+    return dm.collate()([ds[i] for i in idx[:2]])
 
 
 def test_nan_days_flagged_not_zeroed(dm: HydroDataModule) -> None:
@@ -118,25 +120,16 @@ def test_nan_days_flagged_not_zeroed(dm: HydroDataModule) -> None:
     assert torch.isnan(q[in_gap]).all() and not qv[in_gap].any() and qv[~in_gap].all()
 
 
-def test_batch_keys_shapes_and_masks(dm: HydroDataModule) -> None:
+def test_batch_keys_and_shapes(dm: HydroDataModule) -> None:
     b = next(iter(dm.train_dataloader()))
     B, T, P = 4, 20, 94
     for g in dm.grid_names:
         assert b["grids"][g].shape == (B, T, P, 100) and b["grids"][g].dtype == torch.float32
         assert b["grid_valid"][g].shape == (B, T, P, 100) and b["grid_valid"][g].dtype == torch.bool
-        assert b["grid_mask"][g].shape == (B, T, P)
-        assert b["grid_mask_full"][g].shape == (B, T, 522)
         assert b["present"][g].all()
-        assert (b["grid_mask"][g].sum(-1) == 70).all()
-    assert torch.equal(b["grid_mask"]["precipitation"], b["grid_mask"]["temperature"])
-    full = b["grid_mask_full"]["precipitation"]
-    invalid = torch.ones(522, dtype=torch.bool)
-    invalid[torch.as_tensor(dm.valid_patch_idx)] = False
-    assert not full[..., invalid].any() and torch.equal(
-        full[..., torch.as_tensor(dm.valid_patch_idx)], b["grid_mask"]["precipitation"])
     for s in dm.series_names:
-        assert b["series"][s].shape == (B, T) and b["series_mask"][s].shape == (B, T)
-        assert (b["series_mask"][s].sum(-1) == round(0.75 * T)).all()
+        assert b["series"][s].shape == (B, T)
+    assert "grid_mask" not in b and "series_mask" not in b  # the model draws its masks
     assert b["static"].shape == (B, 8) and b["static_valid"].all()
     assert b["catchment"].shape == (B,) and b["start"].dtype == torch.int64
     day0 = (np.datetime64("2000-01-01") - np.datetime64("1970-01-01")).astype(int)
@@ -145,42 +138,55 @@ def test_batch_keys_shapes_and_masks(dm: HydroDataModule) -> None:
     assert np.array_equal(dm.valid_patch_idx, dm.valid_patch_rows * 18 + dm.valid_patch_cols)
 
 
-def _masks_by_sample(loader) -> dict[tuple[int, int], torch.Tensor]:
+def _masked(dm: HydroDataModule, batch: dict, stream: int, cfg: MaskingConfig | None = None) -> dict:
+    """`batch` with MM-MAE's masks of `stream` (as MMMAEModule draws them, seed 0)."""
+    return with_masks(batch, cfg or MaskingConfig(), 0, stream, dm.n_valid_patches,
+                      dm.grid_names, dm.series_names)
+
+
+def _masks_by_window(dm: HydroDataModule, loader, stream: int) -> dict[tuple[int, int], torch.Tensor]:
     out = {}
     for b in loader:
+        m = _masked(dm, b, stream)
         for i, (c, s) in enumerate(zip(b["catchment"].tolist(), b["start"].tolist(),
                                        strict=True)):
-            out[(c, s)] = torch.cat([b["grid_mask"]["precipitation"][i].flatten(),
-                                     b["series_mask"]["riverflow"][i]])
+            out[(c, s)] = torch.cat([m["grid_mask"]["precipitation"][i].flatten(),
+                                     m["series_mask"]["riverflow"][i]])
     return out
 
 
-def test_val_masks_fixed_across_epochs_and_batch_sizes(dm: HydroDataModule,
-                                                       source: tuple[Path, xr.Dataset],
-                                                       tmp_path: Path) -> None:
-    first, second = _masks_by_sample(dm.val_dataloader()), _masks_by_sample(dm.val_dataloader())
+def test_masks_on_data_batches(dm: HydroDataModule) -> None:
+    b = _masked(dm, next(iter(dm.train_dataloader())), stream=0)
+    for g in dm.grid_names:
+        assert b["grid_mask"][g].shape == (4, 20, 94) and (b["grid_mask"][g].sum(-1) == 70).all()
+    assert torch.equal(b["grid_mask"]["precipitation"], b["grid_mask"]["temperature"])
+    for s in dm.series_names:
+        assert (b["series_mask"][s].sum(-1) == round(0.75 * 20)).all()
+
+
+def test_eval_masks_fixed_across_epochs_and_batch_sizes(dm: HydroDataModule,
+                                                        source: tuple[Path, xr.Dataset]) -> None:
+    first = _masks_by_window(dm, dm.val_dataloader(), -1)
+    second = _masks_by_window(dm, dm.val_dataloader(), -1)
     assert first.keys() == second.keys() and len(first) > 1
     assert all(torch.equal(first[k], second[k]) for k in first)
     other = HydroDataModule(**_kw(source[0], dm.cache_dir, batch_size=3))
-    third = _masks_by_sample(other.val_dataloader())
+    third = _masks_by_window(other, other.val_dataloader(), -1)
     assert all(torch.equal(first[k], third[k]) for k in first)
-    samples = [dm.datasets["train"][i] for i in range(4)]
-    t1, t2 = dm.collate("train")(samples), dm.collate("train")(samples)  # fresh per batch
-    assert not torch.equal(t1["grid_mask"]["precipitation"], t2["grid_mask"]["precipitation"])
+    batch = dm.collate()([dm.datasets["train"][i] for i in range(4)])
+    e0, e1 = _masked(dm, batch, 0), _masked(dm, batch, 1)  # training: fresh every epoch
+    assert not torch.equal(e0["grid_mask"]["precipitation"], e1["grid_mask"]["precipitation"])
 
 
-def test_masking_disabled_and_independent(source: tuple[Path, xr.Dataset],
-                                          dm: HydroDataModule) -> None:
-    off = HydroDataModule(**_kw(source[0], dm.cache_dir, masking={"enabled": False}))
-    b = next(iter(off.val_dataloader()))
-    assert not any(m.any() for m in b["grid_mask"].values())
-    assert not any(m.any() for m in b["series_mask"].values())
-    ind = HydroDataModule(**_kw(source[0], dm.cache_dir, masking={
-        "strategy": "independent", "series": "independent", "ratio": 0.5}))
-    b = next(iter(ind.train_dataloader()))
-    assert not torch.equal(b["grid_mask"]["precipitation"], b["grid_mask"]["soil_moisture"])
-    assert not torch.equal(b["series_mask"]["riverflow"], b["series_mask"]["evaporation"])
-    assert (b["grid_mask"]["soil_moisture"].sum(-1) == 47).all()
+def test_masking_disabled_and_independent(dm: HydroDataModule) -> None:
+    b = next(iter(dm.val_dataloader()))
+    off = _masked(dm, b, -1, MaskingConfig(enabled=False))
+    assert not any(m.any() for m in off["grid_mask"].values())
+    assert not any(m.any() for m in off["series_mask"].values())
+    ind = _masked(dm, b, 0, MaskingConfig(strategy="independent", series="independent", ratio=0.5))
+    assert not torch.equal(ind["grid_mask"]["precipitation"], ind["grid_mask"]["soil_moisture"])
+    assert not torch.equal(ind["series_mask"]["riverflow"], ind["series_mask"]["evaporation"])
+    assert (ind["grid_mask"]["soil_moisture"].sum(-1) == 47).all()
 
 
 def test_store_cached_and_reused(source: tuple[Path, xr.Dataset], dm: HydroDataModule,
@@ -283,7 +289,6 @@ def test_seq_len_longer_than_a_split(source: tuple[Path, xr.Dataset], tmp_path: 
     ({"source": "hdf"}, "data.source"),
     ({"splits": {**SPLITS, "val": {"start": "2000-04-20", "end": "2000-05-31"}}},
      "data.splits.val.start"),
-    ({"masking": {"strategy": "patch"}}, "masking.strategy"),
     ({"log_series": ["flow"]}, "data.log_series"),
 ])
 def test_other_bad_settings_name_the_key(source: tuple[Path, xr.Dataset], tmp_path: Path,

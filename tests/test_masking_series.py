@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from maelab.core.errors import ConfigError
+from maelab.masking.noise import KeyedNoise
+from maelab.models.sdmae.config import STRATEGIES
 from maelab.models.sdmae.masking import (
-    STRATEGIES,
     cell_mask,
     feature_wise_mask,
     last_steps_mask,
@@ -14,8 +15,9 @@ from maelab.models.sdmae.masking import (
 )
 
 
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def noise(batch: int, seed: int = 0) -> KeyedNoise:
+    """Keyed noise for `batch` windows (keys 0 … batch-1)."""
+    return KeyedNoise(seed, torch.arange(batch))
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.4, 0.6, 0.75, 0.9])
@@ -24,9 +26,9 @@ def test_patch_exact_count_and_coherence(ratio, patch_size):
     units = 100 // patch_size
     if not 1 <= round(ratio * units) <= units - 1:  # would hide no patch, or every patch
         with pytest.raises(ConfigError, match="masking_ratio"):
-            patch_mask(16, 100, patch_size, ratio, gen())
+            patch_mask(noise(16), 100, patch_size, ratio)
         return
-    m = patch_mask(16, 100, patch_size, ratio, gen())
+    m = patch_mask(noise(16), 100, patch_size, ratio)
     assert m.shape == (16, units)
     assert (m.sum(1) == round(ratio * units)).all()
     cells = cell_mask(m, "patch", patch_size, 5)  # (B, T, F)
@@ -37,9 +39,9 @@ def test_patch_exact_count_and_coherence(ratio, patch_size):
 
 @pytest.mark.parametrize("ratio", [0.1, 0.4, 0.6, 0.75])
 def test_token_temporal_feature_wise_exact_counts(ratio):
-    assert (token_mask(16, 100, ratio, gen()).sum(1) == round(ratio * 100)).all()
-    assert (temporal_mask(16, 100, ratio, 3, gen()).sum(1) == round(ratio * 100)).all()
-    fw = feature_wise_mask(16, 100, 5, ratio, gen())
+    assert (token_mask(noise(16), 100, ratio).sum(1) == round(ratio * 100)).all()
+    assert (temporal_mask(noise(16), 100, ratio, 3).sum(1) == round(ratio * 100)).all()
+    fw = feature_wise_mask(noise(16), 100, 5, ratio)
     assert fw.shape == (16, 100, 5)
     assert (fw.sum((1, 2)) == round(ratio * 500)).all()
 
@@ -52,16 +54,16 @@ def _runs(mask_row: torch.Tensor) -> int:
 
 
 def test_temporal_is_few_contiguous_spans_not_patch_aligned():
-    m = temporal_mask(64, 100, 0.6, 3, gen(1))
+    m = temporal_mask(noise(64, 1), 100, 0.6, 3)
     assert all(1 <= _runs(row) <= 3 for row in m)
     starts = [int(row.float().argmax()) for row in m]
     assert any(s % 10 for s in starts), "spans start only on a 10-step grid"
 
 
 def test_strategies_differ_in_structure():
-    token = token_mask(64, 100, 0.6, gen(2))
-    temporal = temporal_mask(64, 100, 0.6, 3, gen(2))
-    fw = feature_wise_mask(64, 100, 5, 0.6, gen(2))
+    token = token_mask(noise(64, 2), 100, 0.6)
+    temporal = temporal_mask(noise(64, 2), 100, 0.6, 3)
+    fw = feature_wise_mask(noise(64, 2), 100, 5, 0.6)
     # token masks scatter single steps: many more hidden runs than temporal spans
     assert sum(_runs(r) for r in token) > 5 * sum(_runs(r) for r in temporal)
     # feature_wise hides different steps per feature; the others hide whole steps
@@ -71,26 +73,29 @@ def test_strategies_differ_in_structure():
 
 def test_masks_are_seeded():
     for s in STRATEGIES:
-        a = random_mask(s, 4, 100, 5, 0.6, 10, generator=gen(3))
-        b = random_mask(s, 4, 100, 5, 0.6, 10, generator=gen(3))
+        a = random_mask(noise(4, 3), s, 100, 5, 0.6, 10)
+        b = random_mask(noise(4, 3), s, 100, 5, 0.6, 10)
         assert torch.equal(a, b)
+        assert not torch.equal(a, random_mask(noise(4, 4), s, 100, 5, 0.6, 10))
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.2, 1.5, 0.001, 0.999])
 def test_bad_ratio_raises_naming_key(ratio):
     with pytest.raises(ConfigError, match="masking_ratio"):
-        patch_mask(2, 100, 10, ratio)
+        patch_mask(noise(2), 100, 10, ratio)
 
 
 def test_last_steps_mask_covers_whole_patches():
     m = last_steps_mask("patch", 2, 100, 5, 20, 10)
     assert m.shape == (2, 10) and m[:, -2:].all() and not m[:, :-2].any()
-    with pytest.raises(ConfigError, match="mask_last_n"):
-        last_steps_mask("patch", 2, 100, 5, 15, 10)
     fw = last_steps_mask("feature_wise", 2, 100, 5, 10)
     assert fw[:, -10:].all() and not fw[:, :-10].any()
 
 
-def test_unknown_strategy():
-    with pytest.raises(ConfigError, match="masking.strategy"):
-        random_mask("bogus", 2, 100, 5, 0.5)
+def test_a_sample_gets_the_same_mask_in_any_batch():
+    """Keyed per sample: the mask of window k does not depend on its batch."""
+    keys = torch.tensor([5, 9, 2, 7])
+    for s in STRATEGIES:
+        full = random_mask(KeyedNoise(0, keys), s, 100, 5, 0.6, 10)
+        part = random_mask(KeyedNoise(0, keys[[3, 1]]), s, 100, 5, 0.6, 10)
+        assert torch.equal(full[[3, 1]], part)

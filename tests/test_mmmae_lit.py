@@ -1,21 +1,26 @@
-"""MMMAEModule pieces that need no data: pipeline interface, cross-modal training batches."""
+"""MMMAEModule pieces that need no data: masks after transfer, cross-modal training batches."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 
 from maelab.core.errors import ConfigError
+from maelab.data.contracts import HydroInfo
 from maelab.models.mmmae.loss import mmmae_loss
 from maelab.models.mmmae.module import MMMAEModule
 from tests.test_mmmae_model import COLS, GRIDS, ROWS, SERIES, T, make_batch
 
-INFO = {"grid_names": list(GRIDS), "series_names": list(SERIES), "seq_len": T, "patch_size": 2,
-        "valid_patch_rows": ROWS, "valid_patch_cols": COLS, "patch_grid_shape": [4, 4],
-        "n_static": 5, "batch_size": 3,
-        "stats": {n: {"mean": 0.0, "std": 1.0, "log": n == "riverflow"} for n in (*GRIDS, *SERIES)}}
+INFO = asdict(HydroInfo(
+    grid_names=list(GRIDS), series_names=list(SERIES), present=dict.fromkeys((*GRIDS, *SERIES), True),
+    seq_len=T, patch_size=2, n_valid_patches=len(ROWS), n_patches=16, valid_patch_rows=ROWS,
+    valid_patch_cols=COLS, patch_grid_shape=[4, 4], n_static=5, static_names=list("abcde"),
+    batch_size=3,
+    stats={n: {"mean": 0.0, "std": 1.0, "log": n == "riverflow"} for n in (*GRIDS, *SERIES)}))
 NET = {"temporal_patch": 3, "d_model": 16, "depth": 1, "heads": 2, "decoder_dim": 8,
        "decoder_depth": 1, "decoder_heads": 2}
 
@@ -27,11 +32,28 @@ def make_module(**kw: Any) -> MMMAEModule:
     return MMMAEModule(**args)
 
 
-def test_pipeline_interface() -> None:
-    module = make_module()
-    assert module.calibrated and module.calibrate_on_validation is False
-    module.calibrate_on_validation = True  # set by maelab.pipeline; nothing to do
-    assert module.calibrated
+def test_steps_draw_masks_fresh_per_training_epoch_fixed_in_evaluation() -> None:
+    module = make_module(masking={"strategy": "independent", "ratio": 0.5})
+    data = {k: v for k, v in make_batch().items() if k not in ("grid_mask", "series_mask")}
+    seen: list[dict[str, Any]] = []
+    module._step = lambda batch, stage: seen.append(batch)  # type: ignore[method-assign]
+    module.log = lambda *args, **kw: None  # type: ignore[method-assign]
+
+    def drawn(stage: str, epoch: int) -> dict[str, Any]:
+        module.trainer = SimpleNamespace(current_epoch=epoch)  # type: ignore[assignment]
+        getattr(module, f"{stage}_step")(data, 0)
+        return seen[-1]
+
+    train0, train1, val0, val3 = (drawn("training", 0), drawn("training", 1),
+                                  drawn("validation", 0), drawn("validation", 3))
+    assert not torch.equal(train0["grid_mask"]["precipitation"], train1["grid_mask"]["precipitation"])
+    assert torch.equal(drawn("training", 1)["grid_mask"]["precipitation"],
+                       train1["grid_mask"]["precipitation"])
+    for g in GRIDS:
+        assert torch.equal(val0["grid_mask"][g], val3["grid_mask"][g])
+        assert (val0["grid_mask"][g].sum(-1) == round(0.5 * len(ROWS))).all()
+    assert not torch.equal(val0["grid_mask"]["precipitation"], val0["grid_mask"]["temperature"])
+    assert (val0["series_mask"]["riverflow"].sum(-1) == T // 2).all()
 
 
 def test_hide_series_hides_one_whole_series_of_some_batches() -> None:

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from maelab.validation import validate_config
+from maelab.core.config import validate_config
 from tests.conftest import CONF, ROOT, TINY
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("sdmae_ablation_*.yaml"))

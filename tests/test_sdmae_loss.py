@@ -1,6 +1,6 @@
 import torch
 
-from maelab.models.sdmae.loss import anomaly_ramp, discrepancy_terms, masked_mse, sdmae_loss
+from maelab.models.sdmae.loss import anomaly_ramp, discrepancy_terms, per_window_hidden_mse, sdmae_loss
 
 
 def _out(hidden: torch.Tensor, teacher: torch.Tensor, student: torch.Tensor) -> dict:
@@ -54,4 +54,4 @@ def test_masked_mse_per_sample():
     pred, target = torch.ones(2, 3, 1), torch.zeros(2, 3, 1)
     hidden = torch.tensor([[True, False, False], [True, True, True]])[..., None]
     pred[1] = 2.0
-    assert masked_mse(pred, target, hidden).tolist() == [1.0, 4.0]
+    assert per_window_hidden_mse(pred, target, hidden).tolist() == [1.0, 4.0]

@@ -1,5 +1,10 @@
 """train(cfg) and evaluate(cfg): everything between Hydra's config and the files of a run.
 
+The pipeline knows no model: it checks the config (`maelab.core.config.validate_config`, which
+finds the model's config class from `model._target_`), builds the DataModule (`cfg.data`) and the
+model's LightningModule (a `maelab.lit.base.MaeModule`) from the checked `model` node and the
+data's `info()`, and calls only the base module's interface.
+
 Run directory layout:
     .hydra/config.yaml          the composed config (written by Hydra, or here when composed)
     checkpoints/{best,last}.ckpt
@@ -10,56 +15,50 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
+from maelab.core.config import load_model_config, validate_config
+from maelab.core.errors import ConfigError, DataError
 from maelab.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from maelab.lit.base import MaeModule
 from maelab.report.tables import print_metrics_table
-from maelab.validation import model_name, validate_config
 
 log = logging.getLogger(__name__)
 
 
-def data_info(dm: L.LightningDataModule) -> dict[str, Any]:
-    """What the model and the metrics need to know about a set-up DataModule (plain types).
-
-    A DataModule with an `info()` method describes itself; window DataModules use the fields here.
-    """
-    if hasattr(dm, "info"):
-        return dm.info()
-    return {
-        "seq_length": int(dm.seq_length), "num_features": int(dm.num_features),
-        "feature_names": list(dm.feature_names), "anomaly_types": list(dm.anomaly_types),
-        "eval_level": dm.eval_level, "val_has_labels": bool(dm.val_has_labels),
-        "train_has_labels": bool(dm.train_has_labels), "batch_size": int(dm.batch_size),
-    }
-
-
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    dm = instantiate(cfg.data)
+    """The configured DataModule, prepared and set up for fitting. A bad `data.*` setting raises
+    the DataModule's own ConfigError / DataError (not Hydra's wrapper of it)."""
+    try:
+        dm = instantiate(cfg.data)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ConfigError | DataError):
+            raise exc.__cause__ from None
+        raise
     dm.prepare_data()
     dm.setup("fit")
     return dm
 
 
-def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> L.LightningModule:
-    """Instantiate the configured LightningModule with plain-dict hyper-parameters."""
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    cls = get_class(kwargs.pop("_target_"))
-    if model_name(cfg) == "sdmae":
-        kwargs["scoring"] = {"score": cfg.score, "mask_last_n": cfg.mask_last_n,
-                             "threshold": OmegaConf.to_container(cfg.threshold, resolve=True),
-                             "point_adjust": bool(cfg.point_adjust)}
-    return cls(**kwargs, masking=OmegaConf.to_container(cfg.masking, resolve=True),
-               data_info=data_info(dm), seed=int(cfg.seed),
+def build_module(cfg: DictConfig, dm: L.LightningDataModule) -> MaeModule:
+    """The configured LightningModule: the checked `model` node (plain types, defaults filled in)
+    as keyword arguments, plus the data's `info()` and the run config (hyper-parameters)."""
+    config = load_model_config(cfg)
+    cls = get_class(cfg.model._target_)
+    if not (isinstance(cls, type) and issubclass(cls, MaeModule)):
+        raise ConfigError("model._target_", cfg.model._target_, "a maelab.lit.base.MaeModule")
+    return cls(**asdict(config), data_info=asdict(dm.info()),
                run_config=OmegaConf.to_container(cfg, resolve=False))
 
 
@@ -145,8 +144,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load `ckpt_path` safely, calibrate on validation if needed, test; write results to out_dir.
 
-    The LightningModule provides `calibrated`, `calibrate_on_validation`, and after testing
-    `test_outputs["summary"]` (JSON-able, with a `test` table) and `write_figures(dm, out_dir)`.
+    Uses the base module's interface only (`maelab.lit.base.MaeModule`).
     """
     state = safe_torch_load(ckpt_path)
     dm = datamodule or build_datamodule(cfg)
@@ -158,16 +156,12 @@ def evaluate_checkpoint(
             callbacks=_instantiate_all(
                 {k: v for k, v in (cfg.get("callbacks") or {}).items() if k == "progress_bar"}))
     if recalibrate or not module.calibrated:
-        module.calibrate_on_validation = True
-        trainer.validate(module, datamodule=dm, verbose=False)
-        module.calibrate_on_validation = False
+        module.calibrate(trainer, dm)
         if write_calibration and trainer.is_global_zero:
-            state["state_dict"] = {**state["state_dict"], **{
-                k: v for k, v in module.state_dict().items() if k.startswith("cal_")}}
+            state["state_dict"] = {**state["state_dict"], **module.calibration_state()}
             atomic_torch_save(ckpt_path, state)
     trainer.test(module, datamodule=dm, verbose=False)
-    metrics = {"model": model_name(cfg), "checkpoint": str(ckpt_path),
-               **module.test_outputs["summary"]}
+    metrics = {"model": module.name, "checkpoint": str(ckpt_path), **module.summary()}
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         atomic_write_json(out_dir / "metrics.json", metrics)
         _log_figures(trainer.loggers, module.write_figures(dm, out_dir / "figures"))

@@ -1,1 +1,1 @@
-"""LightningModules: wire plain models to losses, metrics and optimisers."""
+"""The base LightningModule every model's module extends (base.py) and its optimiser (optim.py)."""

@@ -1,26 +1,18 @@
-"""The one random-subset primitive every masking strategy draws from."""
+"""The one masking noise: seeded, keyed per sample, shared by every model.
+
+Every random mask (SD-MAE's four strategies, MM-MAE's grid and series masks, MM-MAE's whole-series
+hiding) draws from `KeyedNoise(seed, *keys)`: uniform values that depend only on the seed, the
+sample's integer keys, the draw number and the position in the drawn shape. The models key a
+sample by (stream, where, start): stream = the epoch for training masks (fresh every epoch), -1
+for the fixed validation/test masks; where = the series or catchment; start = its first step.
+A sample's mask is therefore the same whatever batch, rank or resumed process draws it.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
-
-from maelab.core.errors import ConfigError
-
-
-def hidden_count(ratio: float, units: int, key: str = "masking_ratio") -> int:
-    """round(ratio × units), checked to hide at least one and not every unit."""
-    if not 0.0 < float(ratio) < 1.0:
-        raise ConfigError(key, ratio, "a value strictly between 0 and 1")
-    n = round(float(ratio) * units)
-    if n < 1 or n > units - 1:
-        raise ConfigError(
-            key, ratio, f"a ratio hiding between 1 and {units - 1} of {units} units "
-            f"(round({ratio} × {units}) = {n})"
-        )
-    return n
-
 
 _M32 = 0xFFFFFFFF
 
@@ -46,41 +38,35 @@ def hashed_noise(seed: int, *keys: torch.Tensor | int) -> torch.Tensor:
 class KeyedNoise:
     """Uniform noise that depends only on (seed, per-sample keys, draw number, position).
 
-    Passed where a `torch.Generator` is accepted, it makes each sample's mask independent of
-    which batch, rank or resumed process draws it. `keys` are (B,) integer tensors.
+    `keys` are (B,) integer tensors on the batch's device; every draw is (B, ...) on that device.
     """
 
     def __init__(self, seed: int, *keys: torch.Tensor) -> None:
+        if not keys:
+            raise ValueError("KeyedNoise needs at least one (B,) key tensor")
         self.seed, self.keys, self.draws = seed, keys, 0
 
+    @property
+    def batch_size(self) -> int:
+        return int(self.keys[0].shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
+
     def uniform(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """(B, ...) float32 noise in [0, 1) for the next draw."""
+        """(B, ...) float32 noise in [0, 1) for the next draw; shape[0] is the batch."""
         self.draws += 1
-        device = self.keys[0].device
         lead = [k.reshape(-1, *[1] * (len(shape) - 1)) for k in self.keys]
-        pos = torch.arange(math.prod(shape[1:]), device=device).reshape(1, *shape[1:])
+        pos = torch.arange(math.prod(shape[1:]), device=self.device).reshape(1, *shape[1:])
         h = hashed_noise(self.seed, *lead, self.draws, pos)  # (B, ...)
         return (h.double() / 2**32).float()
 
 
-def uniform(
-    shape: tuple[int, ...], generator: torch.Generator | KeyedNoise | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """U[0, 1) noise from a torch generator, keyed noise, or the global RNG."""
-    if isinstance(generator, KeyedNoise):
-        return generator.uniform(shape)
-    return torch.rand(shape, generator=generator, device=device)
-
-
-def random_subset_mask(
-    batch_shape: tuple[int, ...],
-    units: int,
-    n_hidden: int,
-    generator: torch.Generator | KeyedNoise | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Bool mask (*batch_shape, units) with exactly `n_hidden` True per row (argsort of noise)."""
-    noise = uniform((*batch_shape, units), generator, device)
-    ranks = noise.argsort(dim=-1).argsort(dim=-1)  # (*batch_shape, units) rank of each unit
+def random_subset_mask(noise: KeyedNoise, batch_shape: tuple[int, ...], units: int,
+                       n_hidden: int) -> torch.Tensor:
+    """Bool mask (*batch_shape, units) with exactly `n_hidden` True per row (argsort of noise);
+    batch_shape[0] is the batch."""
+    u = noise.uniform((*batch_shape, units))
+    ranks = u.argsort(dim=-1).argsort(dim=-1)  # (*batch_shape, units) rank of each unit
     return ranks < n_hidden

@@ -19,18 +19,14 @@ False validity and False presence, as stride-0 views (read-only):
     location        float32 (B, 2)                  catchment (row, col) on the patch grid, in
                                                     patch units (`data.location`); NaN if unknown
     present         {name: bool (B,)}               modality present in the source
-    grid_mask       {grid: bool (B, T, P)}          True = hidden; `unified`: one shared tensor
-    grid_mask_full  {grid: bool (B, T, N)}          same on the full patch grid, ocean False
-    series_mask     {series: bool (B, T)}           True = hidden; `shared`: one shared tensor
     catchment       int64 (B,)                      index into `catchment_ids`
     start           int64 (B,)                      first day, index on the store's day axis
     time            int64 (B, T)                    days since 1970-01-01 of each step
 
-Patch index on the full grid = patch_row * 18 + patch_col (row 0 south, col 0 west); valid
-patch k sits at `valid_patch_idx[k]`. Values de-normalise with `denormalise(name, x)`.
-Masks: training draws fresh masks per batch; val/test masks are a hash of (split, catchment,
-start), identical across epochs and independent of batch order or size; `masking.enabled=false`
-hides nothing.
+(`maelab.data.contracts.HydroBatch`). Patch index on the full grid = patch_row * 18 + patch_col
+(row 0 south, col 0 west); valid patch k sits at `valid_patch_idx[k]`. Values de-normalise with
+`maelab.scoring.hydro_metrics.denormalise(x, stats[name])`. Masks are the model's business
+(`maelab.models.mmmae.masking`).
 """
 
 from __future__ import annotations
@@ -46,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from maelab.core.errors import ConfigError, DataError
+from maelab.data.contracts import HydroBatch, HydroInfo
 from maelab.data.hydro.layout import PatchLayout, check_patch_size, lat_lon_to_patch, load_land_mask
 from maelab.data.hydro.sources.synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
 from maelab.data.hydro.sources.synthetic import STATIC_ATTRIBUTES as SYNTHETIC_STATIC
@@ -59,7 +56,6 @@ from maelab.data.hydro.store import (
     source_days,
     static_names,
 )
-from maelab.models.mmmae.masking import HydroMaskConfig, full_grid_mask, grid_masks, series_masks
 
 log = logging.getLogger(__name__)
 
@@ -162,20 +158,16 @@ class HydroWindowDataset(Dataset):
 
 
 class HydroCollate:
-    """Stack samples into the batch dict (module docstring) and attach the masks."""
+    """Stack samples into the batch dict (module docstring)."""
 
     def __init__(
         self, grid_names: Sequence[str], series_names: Sequence[str], present: Mapping[str, bool],
-        stats: Mapping[str, Mapping[str, Any]], layout: PatchLayout, seq_len: int,
-        mask_cfg: HydroMaskConfig, split_code: int, fixed_masks: bool, day0: int,
+        stats: Mapping[str, Mapping[str, Any]], layout: PatchLayout, seq_len: int, day0: int,
     ) -> None:
         self.grid_names, self.series_names = list(grid_names), list(series_names)
         self.present, self.stats = dict(present), dict(stats)
         self.n_valid, self.pp = layout.n_valid, layout.patch_size ** 2
-        self.n_patches = layout.n_patches
-        self.valid_idx = torch.as_tensor(layout.valid_idx)
-        self.seq_len, self.mask_cfg = int(seq_len), mask_cfg
-        self.split_code, self.fixed_masks, self.day0 = int(split_code), fixed_masks, int(day0)
+        self.seq_len, self.day0 = int(seq_len), int(day0)
 
     def _stack(self, samples: list[dict], group: str, name: str,
                shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +177,7 @@ class HydroCollate:
         x = _stack_normalised([s[group][name] for s in samples], self.stats[name])
         return torch.from_numpy(x), torch.from_numpy(np.isfinite(x))
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, samples: list[dict[str, Any]]) -> HydroBatch:
         b, t = len(samples), self.seq_len
         batch: dict[str, Any] = {"grids": {}, "grid_valid": {}, "series": {}, "series_valid": {}}
         for g in self.grid_names:
@@ -200,17 +192,6 @@ class HydroCollate:
         batch["present"] = {k: torch.full((b,), v) for k, v in self.present.items()}
         catchment = torch.tensor([s["catchment"] for s in samples], dtype=torch.int64)
         start = torch.tensor([s["start"] for s in samples], dtype=torch.int64)
-        keys = (torch.stack([torch.full((b,), self.split_code), catchment, start], dim=1)
-                if self.fixed_masks else None)  # (B, 3) sample identity → fixed masks
-        gm = grid_masks(self.mask_cfg, b, t, self.n_valid, self.grid_names, sample_keys=keys)
-        full: dict[int, torch.Tensor] = {}  # one full-grid tensor per distinct mask
-        batch["grid_mask"] = gm
-        batch["grid_mask_full"] = {
-            g: full.setdefault(id(m), full_grid_mask(m, self.valid_idx, self.n_patches))
-            for g, m in gm.items()
-        }
-        batch["series_mask"] = series_masks(self.mask_cfg, b, t, self.series_names,
-                                            sample_keys=keys)
         batch["catchment"], batch["start"] = catchment, start
         batch["time"] = self.day0 + start[:, None] + torch.arange(t)  # (B, T)
         return batch
@@ -219,7 +200,7 @@ class HydroCollate:
 class HydroDataModule(L.LightningDataModule):
     """Hydrology windows for MM-MAE from a synthetic, NetCDF, Zarr or CAMELS-GB source.
 
-    Cheap checks (patch size, land mask, masking, splits, names) run in `__init__`; the source
+    Cheap checks (patch size, land mask, splits, names) run in `__init__`; the source
     is opened and checked, then prepared into a cached store, in `prepare_data`.
     """
 
@@ -242,7 +223,6 @@ class HydroDataModule(L.LightningDataModule):
         splits: Mapping[str, Mapping[str, str]] | None = None,
         train_stride: int = 1,
         eval_stride: int = 30,
-        masking: Mapping[str, Any] | None = None,
         cache_dir: str = ".cache/hydro",
         batch_size: int = 8,
         num_workers: int = 0,
@@ -273,8 +253,6 @@ class HydroDataModule(L.LightningDataModule):
         self.patch_size = check_patch_size(patch_size)
         self.layout = PatchLayout.build(load_land_mask(land_mask, land_mask_var), self.patch_size,
                                         land_threshold)
-        self.mask_config = HydroMaskConfig.from_mapping(as_plain(masking))
-        self.mask_config.check_units(self.layout.n_valid, self.seq_len)
         self.splits = _parse_splits(as_plain(splits) or DEFAULT_SPLITS, self.seq_len)
         if source == "synthetic":
             named = [(f"data.{group}.{k}", v) for group, m in (("grids", grids), ("series", series))
@@ -396,12 +374,6 @@ class HydroDataModule(L.LightningDataModule):
         return len(self.static_names)
 
     @property
-    def static_stats(self) -> dict[str, np.ndarray]:
-        """{"mean": (A,), "std": (A,)} of the static attributes."""
-        m = self.store.meta
-        return {"mean": np.asarray(m["static_mean"]), "std": np.asarray(m["static_std"])}
-
-    @property
     def catchment_locations(self) -> np.ndarray:
         """(C, 2) float32 (row, col) of each catchment on the patch grid (nearest cell to its
         `data.location` latitude/longitude), NaN without `data.location` or a missing value."""
@@ -417,29 +389,23 @@ class HydroDataModule(L.LightningDataModule):
     def catchment_ids(self) -> list[str]:
         return list(self.store.meta["catchments"])
 
-    def info(self) -> dict[str, Any]:
-        """What a model needs to know about this data, as plain JSON-able types (prepares the
-        store on first use: the static attributes and statistics come from it)."""
+    def info(self) -> HydroInfo:
+        """What a model needs to know about this data, in plain types (prepares the store on
+        first use: the static attributes and statistics come from it)."""
         rows, cols = self.patch_grid_shape
-        return {
-            "grid_names": list(self.grid_names), "series_names": list(self.series_names),
-            "present": {k: bool(v) for k, v in self.present.items()},
-            "patch_size": int(self.patch_size), "seq_len": int(self.seq_len),
-            "n_valid_patches": int(self.n_valid_patches), "n_patches": int(self.n_patches),
-            "patch_grid_shape": [int(rows), int(cols)],
-            "valid_patch_rows": [int(r) for r in self.valid_patch_rows],
-            "valid_patch_cols": [int(c) for c in self.valid_patch_cols],
-            "n_static": int(self.n_static), "static_names": list(self.static_names),
-            "batch_size": int(self.batch_size),
-            "stats": {k: {"mean": float(v["mean"]), "std": float(v["std"]), "log": bool(v["log"])}
-                      for k, v in self.stats.items()},
-        }
-
-    def denormalise(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Normalised values of modality `name` → physical units (expm1 for log series)."""
-        st = self.stats[name]
-        y = x * st["std"] + st["mean"]
-        return torch.expm1(y) if st["log"] else y
+        return HydroInfo(
+            batch_size=int(self.batch_size),
+            grid_names=list(self.grid_names), series_names=list(self.series_names),
+            present={k: bool(v) for k, v in self.present.items()},
+            patch_size=int(self.patch_size), seq_len=int(self.seq_len),
+            n_valid_patches=int(self.n_valid_patches), n_patches=int(self.n_patches),
+            patch_grid_shape=[int(rows), int(cols)],
+            valid_patch_rows=[int(r) for r in self.valid_patch_rows],
+            valid_patch_cols=[int(c) for c in self.valid_patch_cols],
+            n_static=int(self.n_static), static_names=list(self.static_names),
+            stats={k: {"mean": float(v["mean"]), "std": float(v["std"]), "log": bool(v["log"])}
+                   for k, v in self.stats.items()},
+        )
 
     # -- windows and loaders ------------------------------------------------------------------
     def windows(self, split: str) -> np.ndarray:
@@ -470,20 +436,18 @@ class HydroDataModule(L.LightningDataModule):
                                                       self.seq_len, locations)
             log.info("hydro %s: %d windows", split, len(self.datasets[split]))
 
-    def collate(self, split: str) -> HydroCollate:
-        """The collate function of `split` (fresh masks for train, fixed ones otherwise)."""
+    def collate(self) -> HydroCollate:
+        """The collate function of every split."""
         day0 = int((self.store.start_day - _EPOCH).astype(np.int64))
         return HydroCollate(self.grid_names, self.series_names, self.present, self.stats,
-                            self.layout,
-                            self.seq_len, self.mask_config, SPLITS.index(split),
-                            fixed_masks=split != "train", day0=day0)
+                            self.layout, self.seq_len, day0)
 
     def _loader(self, split: str) -> DataLoader:
         self.setup()
         return DataLoader(
             self.datasets[split], batch_size=self.batch_size, shuffle=split == "train",
             num_workers=self.num_workers, pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers, collate_fn=self.collate(split),
+            persistent_workers=self.persistent_workers, collate_fn=self.collate(),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from maelab.core.errors import ConfigError, DataError
 from maelab.nn.patchify import patchify_2d, unpatchify_2d
@@ -125,7 +124,7 @@ class PatchLayout:
         check_patch_size(patch_size, land_mask.shape)
         if not 0.0 < float(land_threshold) <= 1.0:
             raise ConfigError("data.land_threshold", land_threshold, "a share in (0, 1]")
-        cells = patchify_2d(torch.from_numpy(land_mask), patch_size).numpy()  # (N, p*p)
+        cells = patchify_2d(land_mask, patch_size)  # (N, p*p)
         frac = cells.mean(axis=1)
         valid = np.flatnonzero(frac >= float(land_threshold) - 1e-9).astype(np.int64)
         if valid.size < 2:
@@ -174,8 +173,8 @@ class PatchLayout:
         """(..., H, W) → (..., P, p*p) valid patches; non-land cells NaN when `land_only`."""
         if grid.shape[-2:] != self.grid_shape:
             raise DataError(f"grid of shape {grid.shape[-2:]} given; expected {self.grid_shape}")
-        patches = patchify_2d(torch.from_numpy(np.ascontiguousarray(grid)), self.patch_size)
-        out = patches.numpy()[..., self.valid_idx, :]  # (..., P, p*p)
+        patches = patchify_2d(grid, self.patch_size)  # (..., N, p*p)
+        out = patches[..., self.valid_idx, :]  # (..., P, p*p)
         if land_only:
             out = np.where(self.pixel_land, out, np.nan).astype(out.dtype, copy=False)
         return out
@@ -186,7 +185,7 @@ class PatchLayout:
         full = np.full((*lead, self.n_patches, self.patch_size ** 2), fill, dtype=patches.dtype)
         full[..., self.valid_idx, :] = patches
         h, w = self.grid_shape
-        return unpatchify_2d(torch.from_numpy(full), self.patch_size, h, w).numpy()
+        return unpatchify_2d(full, self.patch_size, h, w)
 
 
 def bng_to_lat_lon(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from maelab.core.errors import ConfigError, DataError
+from maelab.data.contracts import SeriesInfo
 from maelab.data.samplers import sharded_loader
 from maelab.data.series.smd import load_smd_machines
 
@@ -251,6 +252,15 @@ class LongSeriesDataModule(L.LightningDataModule):
         """Name per series id."""
         self._build()
         return dict(self._names)
+
+    def info(self) -> SeriesInfo:
+        """What a model needs to know about these windows (reads the data on first use)."""
+        return SeriesInfo(
+            batch_size=self.batch_size, seq_length=self.seq_length,
+            num_features=self.num_features, feature_names=self.feature_names,
+            anomaly_types=list(self.anomaly_types), eval_level=self.eval_level,
+            val_has_labels=bool(self.val_has_labels), train_has_labels=bool(self.train_has_labels),
+        )
 
     # --- building ------------------------------------------------------------------------
     def _normalize(self, values: np.ndarray, sid: int) -> np.ndarray:

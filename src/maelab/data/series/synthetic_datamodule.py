@@ -7,6 +7,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from maelab.core.errors import ConfigError
+from maelab.data.contracts import SeriesInfo
 from maelab.data.samplers import sharded_loader
 from maelab.data.series.synthetic import ANOMALY_TYPES, feature_names, generate_windows
 from maelab.data.series.windows import WindowDataset
@@ -66,6 +67,15 @@ class SyntheticAnomalyDataModule(L.LightningDataModule):
         }
         self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
         self.datasets: dict[str, WindowDataset] = {}
+
+    def info(self) -> SeriesInfo:
+        """What a model needs to know about these windows (see maelab.data.contracts)."""
+        return SeriesInfo(
+            batch_size=int(self.batch_size), seq_length=self.seq_length,
+            num_features=self.num_features, feature_names=list(self.feature_names),
+            anomaly_types=list(self.anomaly_types), eval_level=self.eval_level,
+            val_has_labels=bool(self.val_has_labels), train_has_labels=bool(self.train_has_labels),
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -20,7 +20,7 @@ def patch_stats(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, tor
     return mean, (var + EPS).sqrt()
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor) -> torch.Tensor | None:
+def selected_mse(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor) -> torch.Tensor | None:
     """Mean squared error over the `select`ed places (NaN targets elsewhere are harmless);
     None when nothing is selected."""
     n = int(select.sum())
@@ -46,11 +46,11 @@ def mmmae_loss(
         if norm_pix_loss:
             mean, std = patch_stats(target, valid)
             target = (target - mean) / std
-        mse = masked_mse(pred, target, out["grid_hidden"][g][..., None] & valid)
+        mse = selected_mse(pred, target, out["grid_hidden"][g][..., None] & valid)
         if mse is not None:
             parts[g] = mse
     for s, pred in out["series"].items():
-        mse = masked_mse(pred, batch["series"][s], out["series_hidden"][s] & batch["series_valid"][s])
+        mse = selected_mse(pred, batch["series"][s], out["series_hidden"][s] & batch["series_valid"][s])
         if mse is not None:
             parts[s] = mse
     w = {k: float(weights.get(k, 1.0)) for k in parts}

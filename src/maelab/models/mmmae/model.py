@@ -41,8 +41,6 @@ from maelab.nn.tokens import insert_mask_tokens, keep_visible
 from maelab.nn.transformer import Transformer
 from maelab.scoring.hydro_metrics import interpolate_days
 
-SERIES_SKIPS = ("interpolation", "none")
-
 
 def _filled(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Values with invalid (NaN) places set to 0."""
@@ -76,10 +74,6 @@ class MMMAE(nn.Module):
         catchment_location: bool = False,
     ) -> None:
         super().__init__()
-        if seq_len % temporal_patch:
-            raise ValueError(f"temporal_patch={temporal_patch} must divide seq_len={seq_len}")
-        if series_skip not in SERIES_SKIPS:
-            raise ValueError(f"series_skip={series_skip!r} not in {SERIES_SKIPS}")
         self.series_skip = series_skip
         self.catchment_location = bool(catchment_location)
         self.grid_names, self.series_names = list(grid_names), list(series_names)

@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
+from maelab.data.contracts import SeriesInfo
 from maelab.viz import plots
 
 
 def write_figures(
-    module: L.LightningModule, dm: L.LightningDataModule, results: dict[str, Any], out_dir: Path
+    info: SeriesInfo, examples: dict[int, dict[str, torch.Tensor]], results: dict[str, Any],
+    out_dir: Path,
 ) -> dict[str, Figure]:
     """ROC/PR per score, histogram of the primary score, example windows or series scores."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -23,13 +25,13 @@ def write_figures(
     figs["histogram"] = plots.plot_score_histograms(
         results["scores"][score], labels, results["thresholds"][score], score,
         path=out_dir / f"histogram_{score}.png")
-    if dm.eval_level == "point":
+    if info.eval_level == "point":
         figs["series"] = plots.plot_series_scores(
             results["scores"][score], labels, results["thresholds"][score],
             path=out_dir / "series_scores.png")
-    elif module.examples:
-        kinds = sorted(module.examples)
-        ex = [module.examples[k] for k in kinds]
+    elif examples:
+        kinds = sorted(examples)
+        ex = [examples[k] for k in kinds]
 
         def stack(key: str) -> np.ndarray | None:
             return np.stack([e[key].numpy() for e in ex]) if key in ex[0] else None
@@ -38,6 +40,6 @@ def write_figures(
         figs["examples"] = plots.plot_example_windows(
             stack("x"), stack(recon), stack("student") if recon == "teacher" else None,
             stack("point_labels"),
-            [dm.anomaly_types[k] for k in kinds], results["mask_last_n"], dm.feature_names,
+            [info.anomaly_types[k] for k in kinds], results["mask_last_n"], info.feature_names,
             path=out_dir / "examples.png")
     return figs

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+def per_window_hidden_mse(pred: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """Per-sample mean squared error over hidden cells only: (B, T, F) x3 -> (B,)."""
     w = hidden.to(pred.dtype)
     return ((pred - target) ** 2 * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp_min(1.0)
@@ -42,10 +42,10 @@ def sdmae_loss(
     """
     hidden = out["hidden"]
     name = "teacher" if "teacher" in out else "student"
-    recon = masked_mse(out[name], x, hidden).mean()
+    recon = per_window_hidden_mse(out[name], x, hidden).mean()
     parts = {"recon": recon}
     if discrepancy and "teacher" in out and "student" in out:
-        d = masked_mse(out["student"], out["teacher"].detach(), hidden)  # (B,)
+        d = per_window_hidden_mse(out["student"], out["teacher"].detach(), hidden)  # (B,)
         pull, push = discrepancy_terms(d, anomalous, margin)
         parts |= {"disc_normal": pull, "disc_anomaly": push}
         parts["loss"] = recon + lambda_disc * (pull + ramp * push)

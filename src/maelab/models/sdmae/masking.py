@@ -5,114 +5,94 @@ Units per strategy (each hides exactly round(ratio × units) per sample):
     token         (B, T)     single steps, scattered
     temporal      (B, T)     steps in a few contiguous spans, not aligned to any patch grid
     feature_wise  (B, T, F)  (step, feature) cells; each feature at its own random steps
+
+Random masks draw from the shared keyed noise (`maelab.masking.noise.KeyedNoise`, one key set
+per sample); the batch size and device come from it. Settings are checked by the config
+(`maelab.models.sdmae.config`) before any work.
 """
 
 from __future__ import annotations
 
 import torch
 
-from maelab.core.errors import ConfigError
-from maelab.masking.noise import KeyedNoise, hidden_count, random_subset_mask, uniform
-
-STRATEGIES = ("patch", "token", "temporal", "feature_wise")
+from maelab.masking.count import hidden_count
+from maelab.masking.noise import KeyedNoise, random_subset_mask
 
 
-def check_strategy(strategy: str) -> None:
-    """Raise ConfigError unless `strategy` is a known SD-MAE strategy."""
-    if strategy not in STRATEGIES:
-        raise ConfigError("masking.strategy", strategy, STRATEGIES)
-
-
-def patch_mask(
-    batch: int, seq_length: int, patch_size: int, ratio: float,
-    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
-) -> torch.Tensor:
+def patch_mask(noise: KeyedNoise, seq_length: int, patch_size: int, ratio: float) -> torch.Tensor:
     """(B, T/p): round(ratio × T/p) whole patches hidden per sample."""
     units = seq_length // patch_size
-    return random_subset_mask((batch,), units, hidden_count(ratio, units), generator, device)
+    return random_subset_mask(noise, (noise.batch_size,), units, hidden_count(ratio, units))
 
 
-def token_mask(
-    batch: int, seq_length: int, ratio: float,
-    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
-) -> torch.Tensor:
+def token_mask(noise: KeyedNoise, seq_length: int, ratio: float) -> torch.Tensor:
     """(B, T): round(ratio × T) single steps hidden per sample, anywhere."""
-    return random_subset_mask((batch,), seq_length, hidden_count(ratio, seq_length), generator,
-                              device)
+    return random_subset_mask(noise, (noise.batch_size,), seq_length,
+                              hidden_count(ratio, seq_length))
 
 
-def _random_composition(
-    batch: int, total: int, parts: int, generator: torch.Generator | KeyedNoise | None, device
-) -> torch.Tensor:
+def _random_composition(noise: KeyedNoise, total: int, parts: int) -> torch.Tensor:
     """(B, parts) non-negative integers summing to `total`, uniform (stars and bars)."""
+    batch, device = noise.batch_size, noise.device
     if parts == 1:
         return torch.full((batch, 1), total, dtype=torch.long, device=device)
-    bars = random_subset_mask((batch,), total + parts - 1, parts - 1, generator, device)
+    bars = random_subset_mask(noise, (batch,), total + parts - 1, parts - 1)
     pos = bars.long().argsort(dim=1, descending=True, stable=True)[:, : parts - 1].sort(1).values
     edges = torch.cat([torch.full((batch, 1), -1, device=device), pos,
                        torch.full((batch, 1), total + parts - 1, device=device)], dim=1)
     return edges.diff(dim=1) - 1  # (B, parts)
 
 
-def temporal_mask(
-    batch: int, seq_length: int, ratio: float, num_spans: int = 3,
-    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
-) -> torch.Tensor:
+def temporal_mask(noise: KeyedNoise, seq_length: int, ratio: float, num_spans: int = 3) -> torch.Tensor:
     """(B, T): round(ratio × T) steps hidden as `num_spans` contiguous spans at random offsets.
 
     Span lengths and the gaps between spans are random compositions, so spans start anywhere.
     """
+    batch = noise.batch_size
     k = hidden_count(ratio, seq_length)
     spans = max(1, min(int(num_spans), k, seq_length - k + 1))
-    span_len = _random_composition(batch, k - spans, spans, generator, device) + 1  # (B, S) ≥ 1
-    gaps = _random_composition(batch, seq_length - k - (spans - 1), spans + 1, generator, device)
+    span_len = _random_composition(noise, k - spans, spans) + 1  # (B, S) ≥ 1
+    gaps = _random_composition(noise, seq_length - k - (spans - 1), spans + 1)
     gaps[:, 1:-1] += 1  # inner gaps ≥ 1 so spans stay separate
     # segments alternate gap, span, gap, ..., span, gap; ends[i] = exclusive end of segment i
     seg = torch.stack([gaps[:, :-1], span_len], dim=2).reshape(batch, -1)  # (B, 2S)
     ends = torch.cat([seg, gaps[:, -1:]], dim=1).cumsum(dim=1)  # (B, 2S+1)
-    steps = torch.arange(seq_length, device=device).expand(batch, -1).contiguous()
+    steps = torch.arange(seq_length, device=noise.device).expand(batch, -1).contiguous()
     segment = torch.searchsorted(ends, steps, right=True)  # (B, T) segment index of each step
     return segment % 2 == 1
 
 
-def feature_wise_mask(
-    batch: int, seq_length: int, num_features: int, ratio: float,
-    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
-) -> torch.Tensor:
+def feature_wise_mask(noise: KeyedNoise, seq_length: int, num_features: int, ratio: float) -> torch.Tensor:
     """(B, T, F): round(ratio × T·F) cells hidden, spread evenly over features, random steps each."""
     total = hidden_count(ratio, seq_length * num_features)
-    per_feature = torch.full((num_features,), total // num_features, device=device)
+    per_feature = torch.full((num_features,), total // num_features, device=noise.device)
     per_feature[: total % num_features] += 1  # (F,)
-    noise = uniform((batch, num_features, seq_length), generator, device)
-    ranks = noise.argsort(dim=-1).argsort(dim=-1)  # (B, F, T)
+    u = noise.uniform((noise.batch_size, num_features, seq_length))
+    ranks = u.argsort(dim=-1).argsort(dim=-1)  # (B, F, T)
     return (ranks < per_feature[None, :, None]).transpose(1, 2)  # (B, T, F)
 
 
 def random_mask(
-    strategy: str, batch: int, seq_length: int, num_features: int, ratio: float,
+    noise: KeyedNoise, strategy: str, seq_length: int, num_features: int, ratio: float,
     patch_size: int = 1, num_spans: int = 3,
-    generator: torch.Generator | KeyedNoise | None = None, device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The training mask of `strategy`, at its own unit granularity (see module docstring)."""
-    check_strategy(strategy)
     if strategy == "patch":
-        return patch_mask(batch, seq_length, patch_size, ratio, generator, device)
+        return patch_mask(noise, seq_length, patch_size, ratio)
     if strategy == "token":
-        return token_mask(batch, seq_length, ratio, generator, device)
+        return token_mask(noise, seq_length, ratio)
     if strategy == "temporal":
-        return temporal_mask(batch, seq_length, ratio, num_spans, generator, device)
-    return feature_wise_mask(batch, seq_length, num_features, ratio, generator, device)
+        return temporal_mask(noise, seq_length, ratio, num_spans)
+    return feature_wise_mask(noise, seq_length, num_features, ratio)
 
 
 def last_steps_mask(
     strategy: str, batch: int, seq_length: int, num_features: int, n: int, patch_size: int = 1,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The inference mask: the last `n` steps hidden, in `strategy`'s unit granularity."""
-    check_strategy(strategy)
+    """The inference mask: the last `n` steps hidden, in `strategy`'s unit granularity (in patch
+    masking `n` is a multiple of `patch_size`, see the config)."""
     if strategy == "patch":
-        if n % patch_size:
-            raise ConfigError("mask_last_n", n, f"a multiple of patch_size={patch_size} in patch mode")
         units, n = seq_length // patch_size, n // patch_size
     else:
         units = seq_length

@@ -15,13 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from maelab.models.sdmae.masking import STRATEGIES, cell_mask
+from maelab.models.sdmae.config import DECODERS
+from maelab.models.sdmae.masking import cell_mask
 from maelab.nn.patchify import patchify_1d, unpatchify_1d
 from maelab.nn.posemb import sincos_1d
 from maelab.nn.tokens import insert_mask_tokens, keep_visible
 from maelab.nn.transformer import Transformer
-
-DECODERS = ("teacher", "student")
 
 
 class SDMAE(nn.Module):
@@ -44,8 +43,6 @@ class SDMAE(nn.Module):
         decoders: Sequence[str] = DECODERS,
     ) -> None:
         super().__init__()
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy={strategy!r} not in {STRATEGIES}")
         self.strategy, self.patch_size = strategy, patch_size
         self.seq_length, self.num_features = seq_length, num_features
         self.decoders = tuple(decoders)

@@ -1,17 +1,19 @@
-"""LightningModule wiring SD-MAE to its loss, scores, calibration, metrics and optimiser."""
+"""SDMAEModule: SD-MAE wired to its loss, scores, calibration, metrics and figures."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from maelab.core.errors import ConfigError
-from maelab.lit.optim import adamw_warmup_cosine, effective_lr
+from maelab.data.contracts import SeriesBatch, SeriesInfo
+from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
+from maelab.models.sdmae.config import SCORE_TYPES
 from maelab.models.sdmae.loss import anomaly_ramp, sdmae_loss
 from maelab.models.sdmae.masking import last_steps_mask, random_mask
 from maelab.models.sdmae.model import SDMAE
@@ -26,28 +28,25 @@ from maelab.scoring import (
 
 log = logging.getLogger(__name__)
 
-SCORE_TYPES = ("discrepancy", "reconstruction", "combined")
-SCORE_CHOICES = ("auto", *SCORE_TYPES)
 
-
-class SDMAEModule(L.LightningModule):
+class SDMAEModule(MaeModule):
     """Trains SD-MAE; scores windows by hiding their last `mask_last_n` steps.
 
     Calibration (score normalisation on validation normals and thresholds chosen on validation)
     lives in buffers, so it travels inside the checkpoint.
     """
 
-    model_name = "sdmae"
+    name = "sdmae"
 
     def __init__(
         self, net: dict, loss: dict, optim: dict, masking: dict, scoring: dict, data_info: dict,
         seed: int = 0, run_config: dict | None = None, torch_compile: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(optim, data_info, seed, run_config)
+        self.info = SeriesInfo(**data_info)
         self.net = SDMAE(
-            seq_length=data_info["seq_length"], num_features=data_info["num_features"],
-            strategy=masking["strategy"], patch_size=masking.get("patch_size", 1), **net,
+            seq_length=self.info.seq_length, num_features=self.info.num_features,
+            strategy=masking["strategy"], patch_size=masking["patch_size"], **net,
         )
         # compiled in place (state_dict keys unchanged); off by default: on a CPU the minutes of
         # compilation outweigh a ~15 % faster step (docs/performance.md)
@@ -56,32 +55,21 @@ class SDMAEModule(L.LightningModule):
         self.available = (
             SCORE_TYPES if set(self.net.decoders) == {"teacher", "student"} else ("reconstruction",)
         )
-        self.score = self.resolve_score(scoring["score"])
+        self.score = self.available[0] if scoring["score"] == "auto" else scoring["score"]
         self.mask_last_n = int(scoring["mask_last_n"])
         self.register_buffer("cal_mean", torch.zeros(3, dtype=torch.float64))
         self.register_buffer("cal_std", torch.ones(3, dtype=torch.float64))
         self.register_buffer("cal_threshold", torch.full((3,), float("nan"), dtype=torch.float64))
         self.register_buffer("cal_percentile_rule", torch.zeros(3, dtype=torch.bool))
         self.register_buffer("cal_mask_last_n", torch.tensor(-1))
-        self.calibrate_on_validation = False
+        self._calibrating = False
         self._collected: list[dict[str, torch.Tensor]] = []
         self._train_sums: dict[str, torch.Tensor] = {}  # per-epoch Σ batch × loss part
         self._train_windows = 0
         self.examples: dict[int, dict[str, torch.Tensor]] = {}
-        self.test_outputs: dict[str, Any] = {}
+        self._results: dict[str, Any] = {}
 
     # ---- scores -------------------------------------------------------------------------
-    def resolve_score(self, score: str) -> str:
-        """`auto` -> discrepancy with both decoders, else reconstruction; validate the choice."""
-        if score not in SCORE_CHOICES:
-            raise ConfigError("score", score, SCORE_CHOICES)
-        if score == "auto":
-            return self.available[0]
-        if score not in self.available:
-            raise ConfigError("score", score, f"one of {self.available} with decoders "
-                              f"{list(self.net.decoders)}")
-        return score
-
     @property
     def strategy(self) -> str:
         return self.net.strategy
@@ -99,11 +87,11 @@ class SDMAEModule(L.LightningModule):
         return scores, out
 
     # ---- training -----------------------------------------------------------------------
-    def _loss(self, batch: dict, generator: KeyedNoise) -> dict[str, torch.Tensor]:
+    def _loss(self, batch: SeriesBatch, noise: KeyedNoise) -> dict[str, torch.Tensor]:
         x = batch["x"]  # (B, T, F)
         m = self.hparams.masking
-        mask = random_mask(m["strategy"], x.shape[0], x.shape[1], x.shape[2], m["ratio"],
-                           m.get("patch_size", 1), m.get("num_spans", 3), generator, x.device)
+        mask = random_mask(noise, m["strategy"], x.shape[1], x.shape[2], m["ratio"],
+                           m["patch_size"], m["num_spans"])
         out = self.net(x, mask)
         anomalous = batch["labelled"] & (batch["label"] > 0)
         lw = self.hparams.loss
@@ -111,7 +99,7 @@ class SDMAEModule(L.LightningModule):
         return sdmae_loss(out, x, anomalous, lw["lambda_disc"], lw["margin"], ramp,
                           lw["discrepancy"])
 
-    def _noise(self, batch: dict, stream: int) -> KeyedNoise:
+    def _noise(self, batch: SeriesBatch, stream: int) -> KeyedNoise:
         """Mask noise keyed by sample: the same masks whatever batch, rank or resume draws them."""
         return KeyedNoise(self.hparams.seed, torch.full_like(batch["start"], stream),
                           batch["series"], batch["start"])
@@ -119,13 +107,8 @@ class SDMAEModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._train_sums, self._train_windows = {}, 0
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: SeriesBatch, batch_idx: int) -> torch.Tensor:
         parts = self._loss(batch, self._noise(batch, self.current_epoch))  # fresh every epoch
-        if not torch.isfinite(parts["loss"]):
-            raise FloatingPointError(
-                f"non-finite training loss {parts['loss'].item()} at epoch {self.current_epoch}, "
-                f"batch {batch_idx}; the last good checkpoint is kept in checkpoints/last.ckpt"
-            )
         # epoch means weighted by batch size, as `log(on_epoch=True, batch_size=b)` gives, without
         # its per-step cost (~3 ms of a 70 ms CPU step): accumulated here, logged once per epoch
         b = batch["x"].shape[0]
@@ -139,15 +122,8 @@ class SDMAEModule(L.LightningModule):
             self.log_dict({f"train/{k}": v / self._train_windows for k, v in self._train_sums.items()},
                           on_step=False, on_epoch=True, prog_bar=False)
 
-    def configure_optimizers(self) -> dict:
-        o, t = self.hparams.optim, self.trainer
-        lr = effective_lr(o["lr"], self.hparams.data_info["batch_size"], t.world_size,
-                          t.accumulate_grad_batches, o.get("base_batch_size"))
-        return adamw_warmup_cosine(self.net, int(t.estimated_stepping_batches), lr,
-                                   o["weight_decay"], tuple(o["betas"]), o["warmup_fraction"])
-
     # ---- validation / test: collect scores -------------------------------------------------
-    def _collect(self, batch: dict) -> None:
+    def _collect(self, batch: SeriesBatch) -> dict[str, torch.Tensor]:
         scores, out = self.step_scores(batch["x"])
         n = self.mask_last_n
         item = {f"score/{k}": v.detach() for k, v in scores.items()}
@@ -156,13 +132,13 @@ class SDMAEModule(L.LightningModule):
         self._collected.append(item)
         return out
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: SeriesBatch, batch_idx: int) -> None:
         parts = self._loss(batch, self._noise(batch, -1))  # fixed masks: comparable across epochs
         self.log_dict({f"val/{k}": v for k, v in parts.items()}, on_epoch=True, prog_bar=False,
                       batch_size=batch["x"].shape[0], sync_dist=True)
         self._collect(batch)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: SeriesBatch, batch_idx: int) -> None:
         out = self._collect(batch)
         labels = batch["point_labels"][:, -self.mask_last_n:].amax(dim=1)
         for i, kind in enumerate(torch.where(labels > 0, batch["anomaly_type"], 0).tolist()):
@@ -194,14 +170,14 @@ class SDMAEModule(L.LightningModule):
         point level: one score per scored step, in (series, start) order (see `_gathered`).
         """
         raw = {k.split("/", 1)[1]: v.double() for k, v in data.items() if k.startswith("score/")}
-        if self.hparams.data_info.get("eval_level", "window") == "window":
+        if self.info.eval_level == "window":
             labels = data["point_labels"].amax(dim=1)
             types = torch.where(labels > 0, data["anomaly_type"], 0)
             return {k: v.mean(dim=1) for k, v in raw.items()}, labels, types
         if not self.trainer.testing:  # validation windows may overlap: flat per-step scores
             labels = data["point_labels"].flatten()
             return {k: v.flatten() for k, v in raw.items()}, labels, labels.clone()
-        series, start, t = data["series"].cpu(), data["start"].cpu(), self.hparams.data_info["seq_length"]
+        series, start, t = data["series"].cpu(), data["start"].cpu(), self.info.seq_length
         out: dict[str, list] = {k: [] for k in [*raw, "labels"]}
         for sid in series.unique():  # each point after a series' first window scored once
             rows = (series == sid).nonzero().squeeze(1)
@@ -242,7 +218,7 @@ class SDMAEModule(L.LightningModule):
                     unit = to_unit_interval(scores[name].cpu(), float(mean[i]), float(std[i]))
                     key = "val/auroc" if name == self.score else f"val/auroc_{name}"
                     self.log(key, binary_auroc(unit, labels.cpu()), prog_bar=key == "val/auroc")
-        if self.calibrate_on_validation:
+        if self._calibrating:
             self.fit_calibration(scores, labels, mean, std)
 
     def fit_calibration(self, scores: dict, labels: torch.Tensor, mean: torch.Tensor,
@@ -260,14 +236,27 @@ class SDMAEModule(L.LightningModule):
         self.cal_mask_last_n.fill_(self.mask_last_n)
         log.info("calibrated on validation: thresholds %s", self.cal_threshold.tolist())
 
+    # ---- pipeline interface (maelab.lit.base) -------------------------------------------------
     @property
     def calibrated(self) -> bool:
+        """Calibrated for the current scored region."""
         return int(self.cal_mask_last_n) == self.mask_last_n
+
+    def calibrate(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+        """One validation pass that stores score normalisation and thresholds (`cal_*` buffers)."""
+        self._calibrating = True
+        try:
+            trainer.validate(self, datamodule=datamodule, verbose=False)
+        finally:
+            self._calibrating = False
+
+    def calibration_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k.startswith("cal_")}
 
     def on_test_epoch_end(self) -> None:
         if not self.calibrated:
-            raise RuntimeError("test before calibration: run validation with "
-                               "calibrate_on_validation=True first (maelab.pipeline does)")
+            raise RuntimeError("test before calibration: call calibrate(trainer, datamodule) "
+                               "first (maelab.pipeline does)")
         data = self._gathered()
         scores, labels, types = self.level_scores(data)
         scores = self.with_combined(scores, self.cal_mean, self.cal_std)
@@ -275,30 +264,34 @@ class SDMAEModule(L.LightningModule):
         for i, name in enumerate(SCORE_TYPES):
             if name not in scores:
                 continue
-            point_level = self.hparams.data_info.get("eval_level", "window") == "point"
+            point_level = self.info.eval_level == "point"
             m = detection_metrics(
                 scores[name].cpu(), labels.cpu(), float(self.cal_threshold[i]),
                 float(self.cal_mean[i]), float(self.cal_std[i]),
                 anomaly_types=None if point_level else types.cpu(),
-                type_names=None if point_level else self.hparams.data_info["anomaly_types"],
+                type_names=None if point_level else self.info.anomaly_types,
                 point_adjust=point_level and bool(self.hparams.scoring.get("point_adjust")),
             )
             if point_level:
                 m["vus_pr"] = vus_pr(scores[name].cpu(), labels.cpu())
             m["threshold_rule"] = "percentile" if self.cal_percentile_rule[i] else "f1"
             results[name] = m
-        level = self.hparams.data_info.get("eval_level", "window")
-        self.test_outputs = {
-            "summary": {"score": self.score, "mask_last_n": self.mask_last_n, "level": level,
-                        "test": results, "primary": results[self.score]},
-            "metrics": results, "score": self.score, "mask_last_n": self.mask_last_n,
+        self._results = {
+            "summary": {"score": self.score, "mask_last_n": self.mask_last_n,
+                        "level": self.info.eval_level, "test": results,
+                        "primary": results[self.score]},
+            "score": self.score, "mask_last_n": self.mask_last_n,
             "scores": {k: v.cpu().numpy() for k, v in scores.items()},
             "labels": labels.cpu().numpy(),
             "thresholds": {n: float(self.cal_threshold[i]) for i, n in enumerate(SCORE_TYPES)},
         }
 
-    def write_figures(self, dm: L.LightningDataModule, out_dir) -> dict:
-        """ROC/PR, score histogram, example windows or series scores (see maelab.models.sdmae.figures)."""
+    def summary(self) -> dict[str, Any]:
+        """Score, scored region, level, the `test` table (one row per score) and the primary row."""
+        return self._results["summary"]
+
+    def write_figures(self, datamodule: L.LightningDataModule, out_dir: str | Path) -> dict:
+        """ROC/PR, score histogram, example windows or series scores (maelab.models.sdmae.figures)."""
         from maelab.models.sdmae.figures import write_figures
 
-        return write_figures(self, dm, self.test_outputs, out_dir)
+        return write_figures(self.info, self.examples, self._results, Path(out_dir))

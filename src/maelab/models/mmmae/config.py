@@ -1,0 +1,120 @@
+"""MM-MAE config (`conf/model/mmmae.yaml`, `conf/masking/{unified,independent}.yaml`).
+
+Checked by `maelab.core.config.validate_config` before any data is prepared; imports neither
+torch nor Lightning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from maelab.core.checks import at_least, divisors, in_range, one_of, positive_int
+from maelab.core.config import ModelConfig
+from maelab.core.errors import ConfigError
+from maelab.masking.count import hidden_count
+
+STRATEGIES = ("unified", "independent")
+SERIES_MODES = ("shared", "independent")
+SERIES_SKIPS = ("interpolation", "none")
+
+
+@dataclass
+class NetConfig:
+    """`MMMAE` sizes (maelab.models.mmmae.model)."""
+
+    temporal_patch: int = 1  # days per grid token (divides data.seq_len); 1 = one token per day
+    d_model: int = 128  # encoder width
+    depth: int = 4  # encoder blocks
+    heads: int = 4
+    decoder_dim: int = 64  # lighter decoder: own width and depth
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    attn_dropout: float = 0.0  # > 0 disables the fused attention kernel
+    series_skip: str = "interpolation"  # interpolation of visible days + learned correction | none
+    catchment_location: bool = False  # static/series tokens get the catchment's patch-grid place
+
+    def __post_init__(self) -> None:
+        for key in ("temporal_patch", "d_model", "depth", "heads", "decoder_dim", "decoder_depth",
+                    "decoder_heads"):
+            positive_int(key, getattr(self, key))
+        for width, heads in (("d_model", "heads"), ("decoder_dim", "decoder_heads")):
+            w, h = getattr(self, width), getattr(self, heads)
+            if w % h or w % 4:
+                raise ConfigError(width, w, f"a multiple of {heads}={h} and of 4")
+        at_least("mlp_ratio", self.mlp_ratio, 0.0, strict=True)
+        in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        in_range("attn_dropout", self.attn_dropout, 0.0, 1.0, high_open=True)
+        one_of("series_skip", self.series_skip, SERIES_SKIPS)
+
+
+@dataclass
+class LossConfig:
+    """Per-modality MSE on hidden valid places (maelab.models.mmmae.loss)."""
+
+    weights: dict[str, float] = field(default_factory=dict)  # per modality; unlisted weigh 1
+    norm_pix_loss: bool = False  # grid targets normalised per patch and day
+
+    def __post_init__(self) -> None:
+        for name, weight in self.weights.items():
+            at_least(f"weights.{name}", weight, 0.0)
+
+
+@dataclass
+class EvaluationConfig:
+    """Test-period evaluation (maelab.models.mmmae.evaluation)."""
+
+    climatology_window: int = 31  # days of the circular running mean smoothing the climatology
+    cross_modal: str | None = "riverflow"  # series hidden on every day in the cross-modal test
+    figure_day: int | None = None  # day of the example window drawn in the maps (None: middle)
+
+    def __post_init__(self) -> None:
+        positive_int("climatology_window", self.climatology_window)
+        if self.figure_day is not None:
+            positive_int("figure_day", self.figure_day, minimum=0)
+
+
+@dataclass
+class MaskingConfig:
+    """Grid and series masks (conf/masking/{unified,independent}.yaml; maelab.models.mmmae.masking)."""
+
+    strategy: str = "unified"  # unified: one mask for every grid | independent: one per grid
+    enabled: bool = True  # false: nothing hidden (encoder features)
+    ratio: float = 0.75  # share of valid patches (per day) and of days hidden
+    series: str = "shared"  # shared: one day mask for every series | independent: one each
+
+    def __post_init__(self) -> None:
+        one_of("strategy", self.strategy, STRATEGIES)
+        one_of("series", self.series, SERIES_MODES)
+
+
+@dataclass
+class MMMAEConfig(ModelConfig):
+    """`model` node of MM-MAE: network, loss, optimiser, masking, cross-modal training, evaluation."""
+
+    net: NetConfig = field(default_factory=NetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    hide_series: float = 0.0  # share of training batches hiding one whole series
+
+    def __post_init__(self) -> None:
+        in_range("hide_series", self.hide_series, 0.0, 1.0)
+
+    def check_run(self, cfg: DictConfig) -> None:
+        """Grid tokens vs window length; hidden patches and days vs the data's patch layout."""
+        from maelab.data.hydro.layout import PatchLayout, check_patch_size, load_land_mask
+
+        seq_len = positive_int("data.seq_len", cfg.data.seq_len)
+        k = self.net.temporal_patch
+        if seq_len % k:
+            raise ConfigError("model.net.temporal_patch", k,
+                              f"a divisor of data.seq_len={seq_len}: {divisors(seq_len)}")
+        if self.masking.enabled:
+            layout = PatchLayout.build(load_land_mask(cfg.data.land_mask, cfg.data.land_mask_var),
+                                       check_patch_size(cfg.data.patch_size), cfg.data.land_threshold)
+            hidden_count(self.masking.ratio, layout.n_valid, key="model.masking.ratio")
+            hidden_count(self.masking.ratio, seq_len, key="model.masking.ratio")

@@ -1,0 +1,139 @@
+"""SD-MAE config (`conf/model/sdmae.yaml`, `conf/masking/{patch,token,temporal,feature_wise}.yaml`).
+
+Checked by `maelab.core.config.validate_config` before any data is generated; imports neither
+torch nor Lightning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from maelab.core.checks import at_least, divisors, in_range, one_of, positive_int
+from maelab.core.config import ModelConfig
+from maelab.core.errors import ConfigError
+from maelab.masking.count import hidden_count
+
+STRATEGIES = ("patch", "token", "temporal", "feature_wise")
+DECODERS = ("teacher", "student")
+SCORE_TYPES = ("discrepancy", "reconstruction", "combined")
+SCORES = ("auto", *SCORE_TYPES)
+THRESHOLD_METHODS = ("f1", "percentile")
+
+
+@dataclass
+class NetConfig:
+    """`SDMAE` sizes (maelab.models.sdmae.model)."""
+
+    d_model: int = 64
+    heads: int = 4
+    encoder_depth: int = 3
+    teacher_depth: int = 4
+    student_depth: int = 1
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    attn_dropout: float = 0.0  # > 0 disables the fused attention kernel
+    decoders: list[str] = field(default_factory=lambda: list(DECODERS))
+
+    def __post_init__(self) -> None:
+        for key in ("d_model", "heads", "encoder_depth", "teacher_depth", "student_depth"):
+            positive_int(key, getattr(self, key))
+        if self.d_model % self.heads or self.d_model % 4:
+            raise ConfigError("d_model", self.d_model, f"a multiple of heads={self.heads} and of 4")
+        at_least("mlp_ratio", self.mlp_ratio, 0.0, strict=True)
+        in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        in_range("attn_dropout", self.attn_dropout, 0.0, 1.0, high_open=True)
+        decoders = list(self.decoders)
+        if not decoders or any(d not in DECODERS for d in decoders) or len(set(decoders)) < len(decoders):
+            raise ConfigError("decoders", decoders, "a non-empty subset of [teacher, student]")
+
+
+@dataclass
+class LossConfig:
+    """Teacher reconstruction + λ · discrepancy (maelab.models.sdmae.loss)."""
+
+    lambda_disc: float = 0.5  # λ: weight of the discrepancy term
+    margin: float = 1.0  # labelled anomalies are pushed to a gap above this
+    anomaly_warmup_epochs: int = 3  # the anomaly term ramps in linearly over these epochs
+    discrepancy: bool = True  # false: reconstruction loss only (ablation)
+
+    def __post_init__(self) -> None:
+        at_least("lambda_disc", self.lambda_disc, 0.0)
+        at_least("margin", self.margin, 0.0, strict=True)
+        positive_int("anomaly_warmup_epochs", self.anomaly_warmup_epochs, minimum=0)
+
+
+@dataclass
+class ThresholdConfig:
+    """How thresholds are chosen on validation (maelab.scoring.thresholds)."""
+
+    method: str = "f1"  # f1 (on validation) | percentile (of validation normals)
+    percentile: float = 99.0
+
+    def __post_init__(self) -> None:
+        one_of("method", self.method, THRESHOLD_METHODS)
+        in_range("percentile", self.percentile, 0.0, 100.0, low_open=True, high_open=True)
+
+
+@dataclass
+class ScoringConfig:
+    """What is scored at inference (conf: interpolated from the top-level keys users type)."""
+
+    score: str = "auto"  # auto | discrepancy | reconstruction | combined
+    mask_last_n: int = 10  # steps hidden at inference; the scored region
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    point_adjust: bool = False  # also report point-adjusted F1 (point-level data)
+
+    def __post_init__(self) -> None:
+        one_of("score", self.score, SCORES)
+        positive_int("mask_last_n", self.mask_last_n)
+
+
+@dataclass
+class MaskingConfig:
+    """Training masks (conf/masking/<strategy>.yaml; maelab.models.sdmae.masking)."""
+
+    strategy: str = "patch"
+    ratio: float = 0.6  # share of units hidden
+    patch_size: int = 1  # steps per patch (`patch`)
+    num_spans: int = 3  # spans per window (`temporal`)
+
+    def __post_init__(self) -> None:
+        one_of("strategy", self.strategy, STRATEGIES)
+        positive_int("patch_size", self.patch_size)
+        positive_int("num_spans", self.num_spans)
+
+
+@dataclass
+class SDMAEConfig(ModelConfig):
+    """`model` node of SD-MAE: network, loss, optimiser, masking and scoring."""
+
+    net: NetConfig = field(default_factory=NetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    torch_compile: bool = False  # compile the net (pays only for long runs on a CPU)
+
+    def __post_init__(self) -> None:
+        if len(self.net.decoders) < 2 and self.scoring.score not in ("auto", "reconstruction"):
+            raise ConfigError("scoring.score", self.scoring.score,
+                              f"auto or reconstruction with decoders {list(self.net.decoders)}")
+
+    def check_run(self, cfg: DictConfig) -> None:
+        """Window length vs patches, hidden units and the scored region."""
+        seq_length = positive_int("data.seq_length", cfg.data.seq_length)
+        m, n = self.masking, self.scoring.mask_last_n
+        if m.strategy == "patch" and seq_length % m.patch_size:
+            raise ConfigError("model.masking.patch_size", m.patch_size,
+                              f"a divisor of data.seq_length={seq_length}: {divisors(seq_length)}")
+        units = {"patch": seq_length // m.patch_size, "token": seq_length, "temporal": seq_length,
+                 "feature_wise": seq_length * int(cfg.data.get("num_features", 1))}[m.strategy]
+        hidden_count(m.ratio, units, key="model.masking.ratio")
+        if n >= seq_length:
+            raise ConfigError("model.scoring.mask_last_n", n, f"an integer in [1, {seq_length - 1}] "
+                              f"(data.seq_length={seq_length})")
+        if m.strategy == "patch" and n % m.patch_size:
+            raise ConfigError("model.scoring.mask_last_n", n,
+                              f"a multiple of patch_size={m.patch_size} in patch masking (the scored "
+                              "region must cover whole patches)")
