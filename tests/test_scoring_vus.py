@@ -1,7 +1,6 @@
 """VUS-PR (Paparrizos et al. 2022) on hand-computable cases."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -75,10 +74,7 @@ def test_random_scores_approach_anomaly_share():
     # with buffers, chance level is the share of soft-label mass
     windows = range(0, 51)
     chance = np.mean([soft_labels(labels, w).mean() for w in windows])
-    t0 = time.perf_counter()
-    value = vus_pr(scores, labels, max_window=50)
-    assert time.perf_counter() - t0 < 1.0
-    assert value == pytest.approx(chance, abs=0.03)
+    assert vus_pr(scores, labels, max_window=50) == pytest.approx(chance, abs=0.03)
 
 
 def test_buffers_reward_near_misses():
