@@ -27,8 +27,9 @@ import xarray as xr
 from maelab.core.errors import ConfigError
 from maelab.data.hydro.datamodule import HydroCollate, HydroWindowDataset
 from maelab.data.hydro.layout import PatchLayout, default_land_mask
+from maelab.data.hydro.sources import SourceSpec, open_source
 from maelab.data.hydro.sources.synthetic import GRIDS, SERIES, generate_hydrology, write_dataset
-from maelab.data.hydro.store import PreparedStore, SourceSpec, open_source, prepare_cached
+from maelab.data.hydro.store import PreparedStore, prepare_cached
 
 
 def _rate(fn: Callable[[int, int], int], windows: np.ndarray, repeats: int,

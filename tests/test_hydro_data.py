@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 
 import maelab.data.hydro.datamodule as hdm
+import maelab.data.hydro.sources.base as sources
 from maelab.core.errors import ConfigError, DataError
 from maelab.data.hydro.datamodule import HydroDataModule
 from maelab.data.hydro.sources.synthetic import generate_hydrology, write_dataset
@@ -323,3 +324,31 @@ def test_catchment_locations_match_the_catchment_map(source: tuple[Path, xr.Data
     assert not list(fresh.rglob("meta.json"))
     with pytest.raises(ConfigError, match="centroid_lat"):  # synthetic: at construction
         HydroDataModule(source="synthetic", cache_dir=str(fresh), location=["lat", "lon"])
+
+
+def test_a_registered_source_is_usable_by_name(source: tuple[Path, xr.Dataset], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new kind of source is one `HydroSource` subclass registered under its `kind`."""
+    _, ds = source
+    monkeypatch.setattr(sources, "SOURCES", dict(sources.SOURCES))  # unregistered afterwards
+
+    @sources.register
+    class InMemory(sources.HydroSource):
+        kind = "in_memory"
+        needs_root = False
+
+        def files(self) -> list[Path]:
+            return []
+
+        def fingerprint(self) -> str:
+            return "in-memory-v1"
+
+        def open(self, land_mask: np.ndarray | None) -> xr.Dataset:
+            return ds
+
+    with pytest.raises(ConfigError, match=r"data\.source.*'in_memory'"):
+        HydroDataModule(**_kw(tmp_path, tmp_path / "c", source="hdf"))
+    m = HydroDataModule(**_kw(tmp_path, tmp_path / "c", source="in_memory"))
+    assert isinstance(m.source, InMemory)
+    b = next(iter(m.val_dataloader()))
+    assert b["grids"]["precipitation"].shape == (4, 20, 94, 100) and b["present"]["riverflow"].all()

@@ -39,23 +39,22 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from maelab.core.checks import positive_int
 from maelab.core.errors import ConfigError, DataError
 from maelab.data.contracts import HydroBatch, HydroInfo
 from maelab.data.hydro.layout import PatchLayout, check_patch_size, lat_lon_to_patch, load_land_mask
-from maelab.data.hydro.sources.synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
-from maelab.data.hydro.sources.synthetic import STATIC_ATTRIBUTES as SYNTHETIC_STATIC
-from maelab.data.hydro.sources.synthetic import VARIABLES as SYNTHETIC_VARIABLES
-from maelab.data.hydro.store import (
-    PreparedStore,
+from maelab.data.hydro.sources import (
     SourceSpec,
-    as_plain,
     open_source,
-    prepare_cached,
     source_days,
+    source_for,
     static_names,
 )
+from maelab.data.hydro.sources.base import check_splits_in_range
+from maelab.data.hydro.store import PreparedStore, prepare_cached
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +69,13 @@ DEFAULT_SPLITS = {
 _EPOCH = np.datetime64("1970-01-01", "D")
 
 
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(key, value, "a positive integer")
-    return int(value)
+def as_plain(obj: Any) -> Any:
+    """OmegaConf containers → plain Python (dicts/lists); anything else unchanged."""
+    if isinstance(obj, DictConfig | ListConfig):
+        return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, Mapping):
+        return {k: as_plain(v) for k, v in obj.items()}
+    return obj
 
 
 def _parse_splits(splits: Mapping[str, Any], seq_len: int) -> dict[str, tuple[np.datetime64, ...]]:
@@ -106,16 +108,6 @@ def _parse_splits(splits: Mapping[str, Any], seq_len: int) -> dict[str, tuple[np
                           f"at most {n_short} days (split `{shortest}` {out[shortest][0]} … "
                           f"{out[shortest][1]} holds {n_short} days)")
     return out
-
-
-def check_splits_in_range(splits: Mapping[str, tuple[np.datetime64, np.datetime64]],
-                          first: np.datetime64, last: np.datetime64, where: str) -> None:
-    """Raise naming the split key whose dates fall outside the data's [first, last]."""
-    for name, (lo, hi) in splits.items():
-        for edge, day in (("start", lo), ("end", hi)):
-            if not first <= day <= last:
-                raise ConfigError(f"data.splits.{name}.{edge}", str(day),
-                                  f"a date within {first} … {last} (the time range of {where})")
 
 
 def _stack_normalised(arrays: list[np.ndarray], st: Mapping[str, Any]) -> np.ndarray:
@@ -198,10 +190,12 @@ class HydroCollate:
 
 
 class HydroDataModule(L.LightningDataModule):
-    """Hydrology windows for MM-MAE from a synthetic, NetCDF, Zarr or CAMELS-GB source.
+    """Hydrology windows for MM-MAE from a registered source (`data.source`: synthetic, netcdf,
+    zarr, camels_gb; maelab.data.hydro.sources).
 
-    Cheap checks (patch size, land mask, splits, names) run in `__init__`; the source
-    is opened and checked, then prepared into a cached store, in `prepare_data`.
+    Cheap checks (patch size, land mask, splits, names, the source's own settings) run in
+    `__init__`; the source is opened and checked, then prepared into a cached store, in
+    `prepare_data`.
     """
 
     def __init__(
@@ -240,35 +234,22 @@ class HydroDataModule(L.LightningDataModule):
         for name in log_series:
             if name not in series:
                 raise ConfigError("data.log_series", name, list(series))
-        synthetic = dict(as_plain(synthetic) or {})
-        for key in synthetic:
-            if key not in SYNTHETIC_DEFAULTS:
-                raise ConfigError(f"data.synthetic.{key}", synthetic[key], list(SYNTHETIC_DEFAULTS))
-        self.seq_len = _positive_int("data.seq_len", seq_len)
-        self.train_stride = _positive_int("data.train_stride", train_stride)
-        self.eval_stride = _positive_int("data.eval_stride", eval_stride)
-        self.batch_size = _positive_int("data.batch_size", batch_size)
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError("data.num_workers", num_workers, "an integer ≥ 0")
+        self.seq_len = positive_int("data.seq_len", seq_len)
+        self.train_stride = positive_int("data.train_stride", train_stride)
+        self.eval_stride = positive_int("data.eval_stride", eval_stride)
+        self.batch_size = positive_int("data.batch_size", batch_size)
+        positive_int("data.num_workers", num_workers, minimum=0)
         self.patch_size = check_patch_size(patch_size)
         self.layout = PatchLayout.build(load_land_mask(land_mask, land_mask_var), self.patch_size,
                                         land_threshold)
         self.splits = _parse_splits(as_plain(splits) or DEFAULT_SPLITS, self.seq_len)
-        if source == "synthetic":
-            named = [(f"data.{group}.{k}", v) for group, m in (("grids", grids), ("series", series))
-                     for k, v in m.items()] + [("data.static", static)]
-            for key, var in named:
-                if var is not None and var not in SYNTHETIC_VARIABLES:
-                    raise ConfigError(key, var, "a variable of the synthetic generator: "
-                                      + ", ".join(SYNTHETIC_VARIABLES))
-            synthetic = {**SYNTHETIC_DEFAULTS, **synthetic}
-            lo, hi = (np.datetime64(str(synthetic[k]), "D") for k in ("start", "end"))
-            check_splits_in_range(self.splits, lo, hi, "data.synthetic.start … end")
         self.spec = SourceSpec(
             kind=source, root=None if root is None else str(root), grids=dict(grids),
             series=dict(series), static=static, dims={**as_plain(dims or {})},
-            synthetic={**synthetic} if source == "synthetic" else {},
+            synthetic=dict(as_plain(synthetic) or {}),
         )
+        self.source = source_for(self.spec)
+        self.source.check_settings(self.splits)
         location = as_plain(location)
         if location is not None and not (
             isinstance(location, (list, tuple)) and len(location) == 2
@@ -277,8 +258,9 @@ class HydroDataModule(L.LightningDataModule):
             raise ConfigError("data.location", location,
                               "null or [latitude, longitude] static attribute names")
         self.location = None if location is None else tuple(location)
-        if source == "synthetic":  # attribute names known without generating anything
-            self._check_location(list(SYNTHETIC_STATIC) if static == "static" else [])
+        known = self.source.known_static_names()
+        if known is not None:  # attribute names known without opening anything
+            self._check_location(known)
         self.log_series = log_series
         self.cache_dir = Path(str(cache_dir)).expanduser()
         self.num_workers = num_workers

@@ -1,10 +1,4 @@
-"""Open a hydrology source and prepare it into a fast, cached training store.
-
-Sources map onto one format (see `maelab.data.hydro.sources.synthetic`): grids (time, y, x) on the
-290 × 180 HadUK-Grid, catchment series (time, catchment), static attributes
-(catchment, attribute). Source kinds: `synthetic` (generated in memory), `netcdf` (a file, a
-directory of *.nc or a glob; many files via `open_mfdataset`), `zarr`, `camels_gb` (the CSV
-release: gauge_id, date, precipitation, temperature, discharge_spec).
+"""Prepare an opened hydrology source (`maelab.data.hydro.sources`) into a fast, cached store.
 
 The prepared store is a directory of uncompressed `.npy` files, memory-mapped for reading, so a
 window is a slice:
@@ -21,208 +15,38 @@ lives under `<cache_dir>/<key>`, key = hash of the source fingerprint and every 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
-from maelab.core.errors import ConfigError, DataError
+from maelab.core.errors import DataError
 from maelab.core.io import atomic_write_json
-from maelab.data.hydro.layout import GRID_SHAPE, PatchLayout
+from maelab.data.hydro.layout import PatchLayout
+from maelab.data.hydro.sources import SourceSpec, source_days, source_for, static_names
 
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
-SOURCE_KINDS = ("synthetic", "netcdf", "zarr", "camels_gb")
-DEFAULT_DIMS = {"time": "time", "y": "y", "x": "x", "catchment": "catchment",
-                "attribute": "attribute"}
-CAMELS_FILE = "camels_gb_60_daily_1989_2015.csv.gz"
 _BLOCK_DAYS = 64
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """Where hydrology data comes from and how its names map onto the canonical ones.
-
-    `grids` / `series` map canonical names to source variables (None = absent modality).
-    """
-
-    kind: str = "synthetic"
-    root: str | None = None
-    grids: dict[str, str | None] = field(default_factory=dict)
-    series: dict[str, str | None] = field(default_factory=dict)
-    static: str | None = None
-    dims: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DIMS))
-    synthetic: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in SOURCE_KINDS:
-            raise ConfigError("data.source", self.kind, SOURCE_KINDS)
-        if self.kind != "synthetic" and not self.root:
-            raise ConfigError("data.root", self.root,
-                              f"a path to the {self.kind} data (override with data.root=...)")
-        unknown = set(self.dims) - set(DEFAULT_DIMS)
-        if unknown:
-            raise ConfigError(f"data.dims.{sorted(unknown)[0]}", None,
-                              f"a key among {', '.join(DEFAULT_DIMS)}")
-
-    @property
-    def where(self) -> str:
-        """Human-readable origin for error messages."""
-        return "the synthetic generator" if self.kind == "synthetic" else str(self.root)
-
-    def dim(self, name: str) -> str:
-        return self.dims.get(name, DEFAULT_DIMS[name])
-
-    def needed(self) -> list[str]:
-        """Source variables that are read."""
-        names = [*self.grids.values(), *self.series.values(), self.static]
-        return [v for v in names if v is not None]
-
-
-def source_files(spec: SourceSpec) -> list[Path]:
-    """The files behind a file-based source (sorted); raises naming `data.root` if none."""
-    root = Path(str(spec.root)).expanduser()
-    if spec.kind == "netcdf":
-        if root.is_dir():
-            files = sorted(root.glob("*.nc"))
-        elif any(c in str(root) for c in "*?["):
-            files = sorted(Path(p) for p in glob.glob(str(root)))
-        else:
-            files = [root] if root.is_file() else []
-    elif spec.kind == "zarr":
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-    else:  # camels_gb
-        files = [root / CAMELS_FILE] if (root / CAMELS_FILE).is_file() else []
-        files += [root / "gauges.csv"] if (root / "gauges.csv").is_file() else []
-    if not files:
-        want = {"netcdf": "a NetCDF file, a directory of *.nc files or a glob",
-                "zarr": "a Zarr store directory",
-                "camels_gb": f"a directory holding {CAMELS_FILE} (and gauges.csv)"}[spec.kind]
-        raise ConfigError("data.root", str(spec.root), f"{want} (override with data.root=...)")
-    return files
-
-
-def source_fingerprint(spec: SourceSpec) -> str:
-    """Identity of the source: generator settings, or path, size and mtime of every file."""
-    if spec.kind == "synthetic":
-        from maelab.data.hydro.sources.synthetic import GENERATOR_VERSION
-
-        ident: Any = {"generator": GENERATOR_VERSION, **spec.synthetic}
-    else:
-        ident = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns)
-                 for p in source_files(spec)]
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def load_camels_gb(root: str | Path) -> xr.Dataset:
-    """CAMELS-GB CSV release → Dataset with (time, catchment) variables precipitation,
-    temperature, discharge_spec; catchment = gauge_id (gauge_name as a coordinate)."""
-    root = Path(root)
-    path = root / CAMELS_FILE
-    if not path.is_file():
-        raise ConfigError("data.root", str(root), f"a directory holding {CAMELS_FILE}")
-    df = pd.read_csv(path, parse_dates=["date"])
-    expected = {"gauge_id", "date", "precipitation", "temperature", "discharge_spec"}
-    if not expected <= set(df.columns):
-        raise DataError(f"{path}: columns {sorted(df.columns)}; expected {sorted(expected)}")
-    wide = df.pivot(index="date", columns="gauge_id")
-    gauges = wide.columns.levels[1]
-    data = {v: (("time", "catchment"), wide[v].reindex(columns=gauges).to_numpy(np.float32))
-            for v in ("precipitation", "temperature", "discharge_spec")}
-    coords: dict[str, Any] = {"time": wide.index.to_numpy(), "catchment": gauges.to_numpy()}
-    names_path = root / "gauges.csv"
-    if names_path.is_file():
-        names = pd.read_csv(names_path).set_index("gauge_id")["gauge_name"]
-        coords["gauge_name"] = ("catchment", names.reindex(gauges).fillna("").to_numpy(str))
-    return xr.Dataset(data, coords=coords, attrs={"source": str(path)})
-
-
-def open_source(spec: SourceSpec, land_mask: np.ndarray | None = None) -> xr.Dataset:
-    """Open the source lazily (file kinds) or generate it (synthetic); checks it first."""
-    if spec.kind == "synthetic":
-        from maelab.data.hydro.sources.synthetic import generate_hydrology
-
-        ds = generate_hydrology(**spec.synthetic, land_mask=land_mask)
-    elif spec.kind == "camels_gb":
-        ds = load_camels_gb(spec.root)
-    elif spec.kind == "zarr":
-        source_files(spec)
-        ds = xr.open_zarr(str(spec.root))
-    else:
-        files = source_files(spec)
-        with xr.open_dataset(files[0]) as first:
-            check_source(first, spec, where=str(files[0]))
-        if len(files) == 1:
-            ds = xr.open_dataset(files[0], chunks={})
-        else:
-            keep = spec.needed()
-            ds = xr.open_mfdataset(
-                files, combine="by_coords", data_vars="minimal", coords="minimal",
-                compat="override", join="outer",
-                preprocess=lambda d: d[[v for v in keep if v in d.variables]],
-            )
-    check_source(ds, spec)
-    return ds
-
-
-def check_source(ds: xr.Dataset, spec: SourceSpec, where: str | None = None) -> None:
-    """Raise before any long work: missing variables (listing those present), wrong dims or
-    grid shape, a time axis that is not dates."""
-    where = where or spec.where
-    present = sorted(str(v) for v in ds.data_vars)
-    t, y, x = spec.dim("time"), spec.dim("y"), spec.dim("x")
-    c, a = spec.dim("catchment"), spec.dim("attribute")
-    groups = [("grids", spec.grids, (t, y, x)), ("series", spec.series, (t, c))]
-    if spec.static is not None:
-        groups.append(("static", {"static": spec.static}, (c, a)))
-    for group, mapping, dims in groups:
-        for name, var in mapping.items():
-            if var is None:
-                continue
-            key = f"data.{group}.{name}" if group != "static" else "data.static"
-            if var not in ds.variables:
-                raise ConfigError(key, var, f"a variable of {where}: {', '.join(present)}")
-            da = ds[var]
-            if set(da.dims) != set(dims):
-                raise DataError(
-                    f"{where}: variable `{var}` ({key}) has dims {tuple(da.dims)}; expected "
-                    f"{dims} (map dimension names with data.dims)")
-            if group == "grids" and (da.sizes[y], da.sizes[x]) != GRID_SHAPE:
-                raise DataError(
-                    f"{where}: grid `{var}` ({key}) has shape {(da.sizes[y], da.sizes[x])} "
-                    f"({y}, {x}); expected {GRID_SHAPE} (HadUK-Grid 5 km, y × x)")
-    if t not in ds.coords or not np.issubdtype(ds[t].dtype, np.datetime64):
-        raise DataError(f"{where}: no datetime coordinate `{t}` (data.dims.time)")
-
-
-def source_days(ds: xr.Dataset, spec: SourceSpec) -> np.ndarray:
-    """(n_source_steps,) datetime64[D] dates of the source, checked strictly increasing."""
-    days = ds[spec.dim("time")].values.astype("datetime64[D]")
-    if days.size == 0 or (np.diff(days.astype(np.int64)) <= 0).any():
-        raise DataError(f"{spec.where}: time axis `{spec.dim('time')}` must hold strictly "
-                        "increasing, distinct days")
-    return days
 
 
 def store_key(spec: SourceSpec, layout: PatchLayout, train: tuple[str, str],
               log_series: Sequence[str]) -> str:
     """Cache key of the prepared store: source fingerprint + every setting that shapes it."""
     settings = {
-        "version": STORE_VERSION, "source": source_fingerprint(spec),
-        "spec": {k: v for k, v in asdict(spec).items() if k != "root"},
+        "version": STORE_VERSION, "source": source_for(spec).fingerprint(),
+        "spec": {k: v for k, v in asdict(spec).items() if k not in ("root", "synthetic")},
         "layout": layout.fingerprint(), "train": list(train), "log": sorted(log_series),
     }
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
@@ -334,15 +158,6 @@ def write_store(ds: xr.Dataset, spec: SourceSpec, layout: PatchLayout,
     atomic_write_json(out / "meta.json", meta)
 
 
-def static_names(ds: xr.Dataset, spec: SourceSpec) -> list[str]:
-    """Names of the source's static attributes (`attr_<i>` without an attribute coordinate)."""
-    if spec.static is None:
-        return []
-    da, dim = ds[spec.static], spec.dim("attribute")
-    return [str(v) for v in da[dim].values] if dim in da.coords else [
-        f"attr_{i}" for i in range(da.sizes[dim])]
-
-
 def prepare_cached(
     spec: SourceSpec, layout: PatchLayout, train: tuple[str, str], log_series: Sequence[str],
     cache_dir: str | Path, open_fn: Callable[[], xr.Dataset],
@@ -441,16 +256,3 @@ class PreparedStore:
         if not spans:
             return 0, -1
         return max(s[0] for s in spans), min(s[1] for s in spans)
-
-
-def as_plain(obj: Any) -> Any:
-    """OmegaConf containers → plain Python (dicts/lists); anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover
-        return obj
-    if isinstance(obj, DictConfig | ListConfig):
-        return OmegaConf.to_container(obj, resolve=True)
-    if isinstance(obj, Mapping):
-        return {k: as_plain(v) for k, v in obj.items()}
-    return obj

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from maelab.core.checks import positive_int
 from maelab.core.errors import ConfigError, DataError
 from maelab.data.contracts import SeriesInfo
 from maelab.data.samplers import sharded_loader
@@ -164,12 +165,6 @@ def _window_dataset(
     )
 
 
-def _positive_int(key: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(key, value, f"an integer >= {minimum}")
-    return int(value)
-
-
 class LongSeriesDataModule(L.LightningDataModule):
     """Windows over long series for point-level anomaly detection; see the module docstring.
 
@@ -194,13 +189,13 @@ class LongSeriesDataModule(L.LightningDataModule):
         train_labels: bool = False,
     ) -> None:
         super().__init__()
-        self.seq_length = _positive_int("data.seq_length", seq_length, 2)
-        self.mask_last_n = _positive_int("data.mask_last_n", mask_last_n)
+        self.seq_length = positive_int("data.seq_length", seq_length, minimum=2)
+        self.mask_last_n = positive_int("data.mask_last_n", mask_last_n)
         if self.mask_last_n >= self.seq_length:
             raise ConfigError("data.mask_last_n", mask_last_n, f"< seq_length={seq_length}")
-        self.train_stride = _positive_int("data.train_stride", train_stride)
-        self.batch_size = _positive_int("data.batch_size", batch_size)
-        self.num_workers = _positive_int("data.num_workers", num_workers, 0)
+        self.train_stride = positive_int("data.train_stride", train_stride)
+        self.batch_size = positive_int("data.batch_size", batch_size)
+        self.num_workers = positive_int("data.num_workers", num_workers, minimum=0)
         if normalization not in NORMALIZATIONS:
             raise ConfigError("data.normalization", normalization, NORMALIZATIONS)
         self.normalization = normalization

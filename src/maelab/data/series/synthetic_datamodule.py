@@ -6,6 +6,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from maelab.core.checks import positive_int
 from maelab.core.errors import ConfigError
 from maelab.data.contracts import SeriesInfo
 from maelab.data.samplers import sharded_loader
@@ -43,8 +44,7 @@ class SyntheticAnomalyDataModule(L.LightningDataModule):
         for key, value in {"seq_length": seq_length, "num_features": num_features,
                            "n_train": n_train, "n_val": n_val, "n_test": n_test,
                            "batch_size": batch_size}.items():
-            if int(value) <= 0:
-                raise ConfigError(f"data.{key}", value, "a positive integer")
+            positive_int(f"data.{key}", value)
         for key, value in {"train_contamination": train_contamination,
                            "train_labelled_share": train_labelled_share,
                            "val_anomaly_share": val_anomaly_share,

@@ -20,8 +20,11 @@ CLI: ``python -m maelab.data.hydro.sources.synthetic out=<path.nc|path.zarr> [st
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time as _time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,7 @@ from scipy.signal import lfilter
 
 from maelab.core.errors import ConfigError
 from maelab.data.hydro.layout import GRID_SHAPE, X_CENTRES, Y_CENTRES, bng_to_lat_lon, load_land_mask
+from maelab.data.hydro.sources.base import HydroSource, check_splits_in_range, register
 
 GENERATOR_VERSION = 1
 GRIDS = ("precipitation", "soil_moisture", "temperature")
@@ -289,6 +293,48 @@ def generate_hydrology(
         },
     )
     return ds
+
+
+@register
+class SyntheticSource(HydroSource):
+    """`data.source=synthetic`: generated in memory from `data.synthetic` (no files), checked
+    without generating anything."""
+
+    kind = "synthetic"
+    needs_root = False
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """Generator settings: `data.synthetic` over the defaults."""
+        return {**DEFAULTS, **self.spec.synthetic}
+
+    def check_settings(self, splits: Mapping[str, tuple[np.datetime64, np.datetime64]]) -> None:
+        for key, value in self.spec.synthetic.items():
+            if key not in DEFAULTS:
+                raise ConfigError(f"data.synthetic.{key}", value, list(DEFAULTS))
+        spec = self.spec
+        named = [(f"data.{group}.{k}", v) for group, m in (("grids", spec.grids),
+                                                          ("series", spec.series))
+                 for k, v in m.items()] + [("data.static", spec.static)]
+        for key, var in named:
+            if var is not None and var not in VARIABLES:
+                raise ConfigError(key, var, "a variable of the synthetic generator: "
+                                  + ", ".join(VARIABLES))
+        lo, hi = (np.datetime64(str(self.settings[k]), "D") for k in ("start", "end"))
+        check_splits_in_range(splits, lo, hi, "data.synthetic.start … end")
+
+    def known_static_names(self) -> list[str]:
+        return list(STATIC_ATTRIBUTES) if self.spec.static == "static" else []
+
+    def files(self) -> list[Path]:
+        return []
+
+    def fingerprint(self) -> str:
+        ident = {"generator": GENERATOR_VERSION, **self.settings}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+    def open(self, land_mask: np.ndarray | None) -> xr.Dataset:
+        return generate_hydrology(**self.settings, land_mask=land_mask)
 
 
 def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
