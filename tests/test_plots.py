@@ -5,12 +5,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from maelab.viz.plots import (
-    plot_example_windows,
-    plot_roc_pr,
-    plot_score_histograms,
-    plot_series_scores,
-)
+from maelab.models.sdmae.figures import plot_example_windows
+from maelab.viz.scores import plot_roc_pr, plot_score_histograms, plot_series_scores
 
 
 def _check(fig, path):

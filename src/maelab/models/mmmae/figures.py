@@ -12,26 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")
+from maelab.data.hydro.layout import PatchLayout
+from maelab.scoring.hydro_metrics import row_key
+from maelab.viz.common import save, segments
 
-import numpy as np  # noqa: E402
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from maelab.data.hydro.layout import PatchLayout  # noqa: E402
-from maelab.scoring.hydro_metrics import row_key  # noqa: E402
-
-DPI = 120
 _EPOCH = np.datetime64("1970-01-01", "D")
-
-
-def _segments(flags: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) runs of True in a 1-D bool array."""
-    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
 
 
 def plot_grid_day(true: np.ndarray, pred: np.ndarray, hidden: np.ndarray, layout: PatchLayout,
@@ -59,9 +49,7 @@ def plot_grid_day(true: np.ndarray, pred: np.ndarray, hidden: np.ndarray, layout
     fig.colorbar(im, ax=axes, shrink=0.8, label=name)
     fig.suptitle(f"{name} on {date}: {int(hidden.sum())} of {hidden.size} land patches hidden "
                  "(outlined)")
-    if path is not None:
-        fig.savefig(path, dpi=DPI)
-    return fig
+    return save(fig, path)
 
 
 def plot_hydrograph(data: dict[str, np.ndarray], row: int, name: str,
@@ -71,7 +59,7 @@ def plot_hydrograph(data: dict[str, np.ndarray], row: int, name: str,
     true, hidden = data["true"][row], data["hidden"][row]
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax = fig.subplots()
-    for a, b in _segments(hidden):
+    for a, b in segments(hidden):
         ax.axvspan(dates[a] - np.timedelta64(12, "h"), dates[b - 1] + np.timedelta64(12, "h"),
                    color="0.88", lw=0)
     ax.plot(dates, true, color="black", lw=1.4, label="observed")
@@ -94,9 +82,7 @@ def plot_hydrograph(data: dict[str, np.ndarray], row: int, name: str,
     ax.set_ylabel(name)
     ax.set_title(f"{name}, catchment {int(data['catchment'][row])}: {int(hidden.sum())} of "
                  f"{hidden.size} days hidden")
-    if path is not None:
-        fig.savefig(path, dpi=DPI)
-    return fig
+    return save(fig, path)
 
 
 def _median_catchment_row(data: dict[str, np.ndarray], per_catchment: dict[str, list]) -> int:
