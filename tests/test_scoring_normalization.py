@@ -6,7 +6,6 @@ import torch
 
 from maelab.scoring import (
     NormalStats,
-    combined_score,
     fit_normal_stats,
     standardize,
     to_unit_interval,
@@ -29,15 +28,9 @@ def test_fit_floors_std_and_rejects_no_normals():
         fit_normal_stats(np.array([1.0, np.nan]))
 
 
-def test_standardize_and_combined_score():
+def test_standardize():
     z = standardize(torch.tensor([2.0, 4.0]), 2.0, 2.0)
     assert z.dtype == torch.float64 and z.tolist() == [0.0, 1.0]
-    combined = combined_score(
-        [np.array([2.0, 4.0]), np.array([10.0, 10.0])], [(2.0, 2.0), NormalStats(0.0, 10.0)]
-    )
-    assert combined.tolist() == [1.0, 2.0]
-    with pytest.raises(ValueError):
-        combined_score([np.ones(2)], [])
 
 
 def test_unit_interval_is_strictly_monotone_without_saturating():

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from maelab.data.series.long_series import SeriesWindowDataset
 from maelab.scoring import (
     assemble_point_scores,
     scored_mask,
     sliding_window_starts,
-    window_labels_from_points,
 )
 
 
@@ -47,11 +47,15 @@ def test_out_of_series_and_bad_shapes_raise():
 
 
 def test_window_labels_from_scored_region_only():
-    labels = np.zeros((3, 10), dtype=np.int64)
-    labels[0, 2] = 1  # anomaly outside the scored last 3 steps
-    labels[1, 8] = 1  # inside
-    labels[2, 7] = 2  # first scored step, any non-zero type counts
-    assert window_labels_from_points(labels, 3).tolist() == [False, True, True]
-    assert window_labels_from_points(torch.tensor(labels), 10).tolist() == [True, True, True]
-    with pytest.raises(ValueError):
-        window_labels_from_points(labels, 0)
+    """A window is anomalous when an anomaly falls in its scored (last mask_last_n) steps."""
+    values = np.zeros((30, 2), dtype=np.float32)
+    point_labels = np.zeros(30, dtype=np.int64)
+    point_labels[[2, 18, 27]] = 1
+    starts = np.array([0, 10, 20])  # windows [0, 10), [10, 20), [20, 30)
+    data = SeriesWindowDataset(values, point_labels, starts, starts, np.zeros(3, np.int64),
+                               seq_length=10, label_span=3)
+    # anomaly at 2: outside the scored steps 7-9; at 18: inside 17-19; at 27: inside 27-29
+    assert data.label.tolist() == [0, 1, 1]
+    whole = SeriesWindowDataset(values, point_labels, starts, starts, np.zeros(3, np.int64),
+                                seq_length=10, label_span=10)
+    assert whole.label.tolist() == [1, 1, 1]

@@ -3,7 +3,6 @@
 from maelab.scoring.metrics import detection_metrics, point_adjust
 from maelab.scoring.normalization import (
     NormalStats,
-    combined_score,
     fit_normal_stats,
     standardize,
     to_unit_interval,
@@ -12,7 +11,6 @@ from maelab.scoring.point_scores import (
     assemble_point_scores,
     scored_mask,
     sliding_window_starts,
-    window_labels_from_points,
 )
 from maelab.scoring.thresholds import (
     THRESHOLD_METHODS,
@@ -27,7 +25,6 @@ __all__ = [
     "THRESHOLD_METHODS",
     "NormalStats",
     "assemble_point_scores",
-    "combined_score",
     "detection_metrics",
     "f1_optimal_threshold",
     "fit_normal_stats",
@@ -42,5 +39,4 @@ __all__ = [
     "standardize",
     "to_unit_interval",
     "vus_pr",
-    "window_labels_from_points",
 ]

@@ -1,7 +1,7 @@
 """Score normalisation fitted on validation *normal* windows.
 
 Each raw score (discrepancy, reconstruction) is standardised with the mean/std of the
-validation windows labelled normal. The combined score is the sum of standardised scores.
+validation windows labelled normal (SD-MAE's combined score sums them).
 For torchmetrics (which applies a sigmoid to anything outside [0, 1]) scores are mapped into
 (0, 1) by a softsign of the z-score: strictly monotone, computed in float64, and far from
 saturating, so very large raw errors keep their ranking.
@@ -9,7 +9,6 @@ saturating, so very large raw errors keep their ranking.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -57,15 +56,3 @@ def to_unit_interval(scores: ArrayLike, mean: float, std: float) -> torch.Tensor
     """
     z = standardize(scores, mean, std)  # (N,) float64
     return 0.5 * (1.0 + z / (1.0 + z.abs()))
-
-
-def combined_score(
-    scores: Sequence[ArrayLike], stats: Sequence[NormalStats | tuple[float, float]]
-) -> torch.Tensor:
-    """Sum of the standardised scores, each with its own validation-normal statistics."""
-    if len(scores) == 0 or len(scores) != len(stats):
-        raise ValueError(f"need one NormalStats per score, got {len(scores)} and {len(stats)}")
-    parts = [standardize(s, m, sd) for s, (m, sd) in zip(scores, stats, strict=True)]
-    if len({p.numel() for p in parts}) != 1:
-        raise ValueError(f"scores differ in length: {[p.numel() for p in parts]}")
-    return torch.stack(parts).sum(dim=0)  # (N,)

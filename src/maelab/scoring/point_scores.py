@@ -59,14 +59,3 @@ def assemble_point_scores(
 def scored_mask(point_scores: ArrayLike) -> torch.Tensor:
     """(L,) bool, True where a point has a score (not NaN); metrics must use only these."""
     return ~torch.isnan(as_scores(point_scores))
-
-
-def window_labels_from_points(point_labels: ArrayLike, mask_last_n: int) -> torch.Tensor:
-    """Window labels (B,) bool: any anomalous point among the last `mask_last_n` steps of (B, T)."""
-    y = torch.as_tensor(point_labels).detach().to("cpu")  # (B, T)
-    if y.ndim != 2 or not 0 < mask_last_n <= y.shape[1]:
-        raise ValueError(
-            f"point_labels must be (B, T) with 0 < mask_last_n ({mask_last_n}) <= T, "
-            f"got shape {tuple(y.shape)}"
-        )
-    return (y[:, -mask_last_n:] != 0).any(dim=1)

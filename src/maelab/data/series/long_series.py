@@ -27,17 +27,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from maelab.core.checks import positive_int
 from maelab.core.errors import ConfigError, DataError
-from maelab.data.contracts import SeriesInfo
-from maelab.data.samplers import sharded_loader
 from maelab.data.series.smd import load_smd_machines
+from maelab.data.series.windows import SeriesDataModule
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +163,14 @@ def _window_dataset(
     )
 
 
-class LongSeriesDataModule(L.LightningDataModule):
+class LongSeriesDataModule(SeriesDataModule):
     """Windows over long series for point-level anomaly detection; see the module docstring.
 
-    Subclasses implement `_load_series`. Attributes used by the LightningModule:
-    `seq_length`, `num_features`, `feature_names`, `anomaly_types`, `eval_level`,
-    `val_has_labels`, `train_has_labels`, `series_lengths`, `series_names`.
+    Subclasses implement `_load_series`. Besides `info()`: `series_lengths`, `series_names`.
     """
 
     eval_level = "point"
+    collate = staticmethod(_collate)
 
     def __init__(
         self,
@@ -247,15 +244,6 @@ class LongSeriesDataModule(L.LightningDataModule):
         """Name per series id."""
         self._build()
         return dict(self._names)
-
-    def info(self) -> SeriesInfo:
-        """What a model needs to know about these windows (reads the data on first use)."""
-        return SeriesInfo(
-            batch_size=self.batch_size, seq_length=self.seq_length,
-            num_features=self.num_features, feature_names=self.feature_names,
-            anomaly_types=list(self.anomaly_types), eval_level=self.eval_level,
-            val_has_labels=bool(self.val_has_labels), train_has_labels=bool(self.train_has_labels),
-        )
 
     # --- building ------------------------------------------------------------------------
     def _normalize(self, values: np.ndarray, sid: int) -> np.ndarray:
@@ -370,22 +358,11 @@ class LongSeriesDataModule(L.LightningDataModule):
         """Build all splits (idempotent)."""
         self._build()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def dataset(self, split: str) -> SeriesWindowDataset:
+        """Training windows slide by `train_stride` (labelled only with `train_labels`);
+        validation and test windows by `mask_last_n`, with point labels."""
         self._build()
-        return sharded_loader(self._datasets[split], self.batch_size, shuffle, self.num_workers,
-                              collate_fn=_collate)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training windows (labelled only with `train_labels`)."""
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation windows, stride `mask_last_n`, in series order."""
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test windows, stride `mask_last_n`, in series order, with point labels."""
-        return self._loader("test", shuffle=False)
+        return self._datasets[split]
 
     def state_dict(self) -> dict:
         """Normalisation statistics, saved in checkpoints for the record."""

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
 
 from maelab.core.checks import positive_int
 from maelab.core.errors import ConfigError
-from maelab.data.contracts import SeriesInfo
-from maelab.data.samplers import sharded_loader
 from maelab.data.series.synthetic import ANOMALY_TYPES, feature_names, generate_windows
-from maelab.data.series.windows import WindowDataset
+from maelab.data.series.windows import SeriesDataModule, WindowDataset
 
 
-class SyntheticAnomalyDataModule(L.LightningDataModule):
+class SyntheticAnomalyDataModule(SeriesDataModule):
     """Contaminated train split (unlabelled + a few labelled anomalies), labelled val and test.
 
     Values are z-scored per feature with train statistics.
@@ -66,16 +62,8 @@ class SyntheticAnomalyDataModule(L.LightningDataModule):
             "test": (n_test, test_anomaly_share, 0.0),
         }
         self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
+        self.loader_seed = seed  # training order: seed + epoch
         self.datasets: dict[str, WindowDataset] = {}
-
-    def info(self) -> SeriesInfo:
-        """What a model needs to know about these windows (see maelab.data.contracts)."""
-        return SeriesInfo(
-            batch_size=int(self.batch_size), seq_length=self.seq_length,
-            num_features=self.num_features, feature_names=list(self.feature_names),
-            anomaly_types=list(self.anomaly_types), eval_level=self.eval_level,
-            val_has_labels=bool(self.val_has_labels), train_has_labels=bool(self.train_has_labels),
-        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -91,15 +79,6 @@ class SyntheticAnomalyDataModule(L.LightningDataModule):
             x = ((w.x - self.mean) / self.std).astype(np.float32)
             self.datasets[name] = WindowDataset(x, w.point_labels, w.anomaly_type, w.labelled)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return sharded_loader(self.datasets[name], self.batch_size, shuffle, self.num_workers,
-                              self.seed)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def dataset(self, split: str) -> WindowDataset:
+        self.setup()
+        return self.datasets[split]

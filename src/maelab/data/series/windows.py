@@ -1,20 +1,69 @@
-"""The batch format every SD-MAE DataModule yields, as a torch Dataset over in-memory arrays.
-
-Batch dict (B windows of T steps, F features):
-    x             float32 (B, T, F)   normalised values
-    point_labels  int64   (B, T)      1 = anomalous step (0 when unknown)
-    labelled      bool    (B,)        window label known to the training loss
-    label         int64   (B,)        1 if any anomaly in the window (0 when unknown)
-    anomaly_type  int64   (B,)        index into the DataModule's `anomaly_types`; -1 unknown
-    start         int64   (B,)        first step of the window in its series (window index here)
-    series        int64   (B,)        which series the window comes from
+"""What every window DataModule shares: `SeriesDataModule` (its `info()` and the three loaders)
+and `WindowDataset`, windows held as in-memory arrays. Batches are `SeriesBatch` dicts
+(maelab.data.contracts): x (B, T, F), point_labels (B, T), labelled, label, anomaly_type, start,
+series (B,).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+
+from maelab.data.contracts import SeriesInfo
+from maelab.data.samplers import sharded_loader
+
+
+class SeriesDataModule(L.LightningDataModule):
+    """Base of the window DataModules: subclasses set the attributes `info()` reads and
+    implement `dataset(split)`; loaders shard by rank (maelab.data.samplers), shuffling training
+    windows with `loader_seed` + epoch."""
+
+    eval_level: ClassVar[str]  # "window" | "point"
+    collate: ClassVar[Callable[[Any], Any] | None] = None  # None: torch's default collate
+    seq_length: int
+    num_features: int
+    feature_names: list[str]
+    anomaly_types: list[str]
+    val_has_labels: bool
+    train_has_labels: bool
+    batch_size: int
+    num_workers: int
+    loader_seed: int = 0
+
+    def dataset(self, split: str) -> Dataset:
+        """The windows of `split` ("train", "val", "test"), built on first use."""
+        raise NotImplementedError
+
+    def info(self) -> SeriesInfo:
+        """What a model needs to know about these windows (builds the data on first use)."""
+        return SeriesInfo(
+            batch_size=int(self.batch_size), seq_length=int(self.seq_length),
+            num_features=int(self.num_features), feature_names=list(self.feature_names),
+            anomaly_types=list(self.anomaly_types), eval_level=self.eval_level,
+            val_has_labels=bool(self.val_has_labels), train_has_labels=bool(self.train_has_labels),
+        )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        kwargs = {} if self.collate is None else {"collate_fn": self.collate}
+        return sharded_loader(self.dataset(split), self.batch_size, shuffle, self.num_workers,
+                              self.loader_seed, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training windows."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation windows in series order."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test windows in series order."""
+        return self._loader("test", shuffle=False)
 
 
 class WindowDataset(Dataset):

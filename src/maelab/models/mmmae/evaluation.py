@@ -35,7 +35,6 @@ from maelab.scoring.hydro_metrics import (
 
 MODEL = "mmmae"  # the model's rows in the results table
 SERIES_BASELINES = ("climatology", "interpolation", "interpolation_log")
-GRID_BASELINES = ("climatology", "neighbour_mean")
 
 
 def climatologies(store: PreparedStore, train: tuple[np.datetime64, np.datetime64],
