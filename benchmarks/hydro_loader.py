@@ -25,7 +25,7 @@ import torch
 import xarray as xr
 
 from maelab.core.errors import ConfigError
-from maelab.data.hydro.datamodule import HydroCollate, HydroWindowDataset
+from maelab.data.hydro.collate import HydroCollate, HydroWindowDataset
 from maelab.data.hydro.layout import PatchLayout, default_land_mask
 from maelab.data.hydro.sources import SourceSpec, open_source
 from maelab.data.hydro.sources.synthetic import GRIDS, SERIES, generate_hydrology, write_dataset
