@@ -12,7 +12,8 @@ The pipeline calls only what is defined here (besides Lightning's own hooks):
 
 and it owns what every model shares: the optimiser (`configure_optimizers`: AdamW without decay
 on biases, norms and tokens, linear warm-up then cosine decay, lr scaled by the effective batch;
-from `hparams.optim` and the data's batch size) and the non-finite-loss guard (a NaN/inf training
+from `hparams.optim` and the data's batch size; the fused kernel except under mixed precision,
+where Lightning cannot clip its gradients) and the non-finite-loss guard (a NaN/inf training
 loss stops the run before the optimiser step, so checkpoints/last.ckpt keeps the last good
 weights). A subclass takes `optim`, `data_info`, `seed` and `run_config` and passes them here;
 every `__init__` argument is saved as a hyper-parameter (plain types only).
@@ -72,7 +73,8 @@ class MaeModule(L.LightningModule):
         lr = effective_lr(o["lr"], self.hparams.data_info["batch_size"], t.world_size,
                           t.accumulate_grad_batches, o.get("base_batch_size"))
         return adamw_warmup_cosine(self, int(t.estimated_stepping_batches), lr, o["weight_decay"],
-                                   tuple(o["betas"]), o["warmup_fraction"])
+                                   tuple(o["betas"]), o["warmup_fraction"],
+                                   fused="mixed" not in str(t.precision))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._train_batch_idx = batch_idx

@@ -19,15 +19,20 @@ def effective_lr(lr: float, batch_size: int, world_size: int, accumulate: int,
 def adamw_warmup_cosine(
     model: nn.Module, total_steps: int, lr: float, weight_decay: float = 0.05,
     betas: tuple[float, float] = (0.9, 0.999), warmup_fraction: float = 0.1, min_lr_ratio: float = 0.01,
+    fused: bool = True,
 ) -> dict:
-    """Lightning `configure_optimizers` dict; no weight decay on biases, norms and embeddings."""
+    """Lightning `configure_optimizers` dict; no weight decay on biases, norms and embeddings.
+
+    `fused` AdamW is the fast kernel; Lightning refuses to clip its gradients under mixed
+    precision (it unscales internally), so mixed-precision runs use the default implementation.
+    """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=tuple(betas), fused=True,
+        lr=lr, betas=tuple(betas), fused=fused,
     )
     warmup = max(1, int(warmup_fraction * total_steps))
 

@@ -145,7 +145,7 @@ class SDMAEModule(MaeModule):
             if kind not in self.examples:
                 self.examples[kind] = {
                     "x": batch["x"][i].cpu(), "point_labels": batch["point_labels"][i].cpu(),
-                    **{k: out[k][i].detach().cpu() for k in self.net.decoders},
+                    **{k: out[k][i].detach().float().cpu() for k in self.net.decoders},
                 }
 
     def _gathered(self) -> dict[str, torch.Tensor]:
