@@ -8,6 +8,9 @@ from maelab.core.env import configure_environment
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from maelab.core.config import validate_config
+
+    validate_config(cfg)  # before torch and Lightning are imported: a bad setting fails in seconds
     from maelab.pipeline import train
 
     metrics, _ = train(cfg)

@@ -43,3 +43,13 @@ def one_of(key: str, value: Any, choices: tuple | list) -> Any:
 def divisors(n: int) -> list[int]:
     """The divisors of `n` in increasing order (listed in errors about sizes that must divide)."""
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def width_and_heads(width_key: str, width: int, heads_key: str, heads: int) -> None:
+    """An attention width must split into `heads` heads and be a multiple of 4 (sin-cos
+    positional embeddings); the failure names the key that cannot be right."""
+    if width % 4:
+        raise ConfigError(width_key, width, f"a multiple of {heads_key}={heads} and of 4")
+    if width % heads:
+        raise ConfigError(heads_key, heads, f"a divisor of {width_key}={width} (each head gets "
+                          f"{width_key} / {heads_key} channels): {divisors(width)}")

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from maelab.core.checks import at_least, in_range, positive_int
+from maelab.core.checks import at_least, in_range, one_of, positive_int
 from maelab.core.errors import ConfigError
 
 T = TypeVar("T")
@@ -70,6 +70,12 @@ class ModelConfig:
 
     def check_run(self, cfg: DictConfig) -> None:
         """Checks against the rest of the run config `cfg` (data sizes …); full keys in errors."""
+
+    def monitored_metrics(self, cfg: DictConfig, info: Any = None) -> list[str]:
+        """The per-epoch metrics the module logs, which `optimized_metric` may name (`info`: the
+        data's DataInfo once built, for metrics that need, e.g., validation labels). Empty: not
+        known, not checked."""
+        return []
 
 
 def model_config_class(model: DictConfig) -> type[ModelConfig]:
@@ -183,13 +189,13 @@ def structured(cls: type[T], values: dict[str, Any], prefix: str) -> T:
         parent = _prefixed(prefix, exc.full_key.rpartition(".")[0]) if "." in exc.full_key else prefix
         known = [f.name for f in fields(exc.object_type)] if is_dataclass(exc.object_type) else []
         raise ConfigError(_prefixed(prefix, exc.full_key), _lookup(values, exc.full_key),
-                          f"a key of {parent}: " + ", ".join(known)) from exc
+                          f"a key of {parent}: " + ", ".join(known)) from None
     except ValidationError as exc:
         if not exc.full_key:  # a whole section given as a scalar
             key = _scalar_section(cls, values)
-            raise ConfigError(_prefixed(prefix, key), values.get(key), "a mapping") from exc
+            raise ConfigError(_prefixed(prefix, key), values.get(key), "a mapping") from None
         raise ConfigError(_prefixed(prefix, exc.full_key), _lookup(values, exc.full_key),
-                          _expected_type(exc.msg)) from exc
+                          _expected_type(exc.msg)) from None
     _check_values(merged, prefix)
     try:
         return OmegaConf.to_object(merged)
@@ -208,10 +214,23 @@ def load_model_config(cfg: DictConfig) -> ModelConfig:
     return config
 
 
+def check_optimized_metric(cfg: DictConfig, config: ModelConfig, info: Any = None) -> None:
+    """`optimized_metric` must be a metric the model logs (`ModelConfig.monitored_metrics`),
+    `optimized_metric_mode` min or max (`cfg` without them, as evaluate.py's: nothing checked)."""
+    if "optimized_metric" not in cfg:
+        return
+    one_of("optimized_metric_mode", cfg.get("optimized_metric_mode"), ("min", "max"))
+    names = config.monitored_metrics(cfg, info)
+    if names and cfg.optimized_metric not in names:
+        raise ConfigError("optimized_metric", cfg.optimized_metric, names)
+
+
 def validate_config(cfg: DictConfig) -> ModelConfig:
     """Check a composed run config before any data is generated or a model is built; return the
     model's checked config. Raises ConfigError on the first invalid setting."""
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ConfigError("seed", cfg.seed, "an integer")
     positive_int("trainer.max_epochs", cfg.trainer.max_epochs)
-    return load_model_config(cfg)
+    config = load_model_config(cfg)
+    check_optimized_metric(cfg, config)
+    return config

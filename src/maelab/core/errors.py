@@ -1,12 +1,19 @@
-"""Errors raised for bad user input, each naming the offending key and what is allowed."""
+"""Errors raised for bad user input, each naming the offending key and what is allowed.
+
+Both are Hydra "compact" errors: `train.py` / `evaluate.py` print their message alone (no
+traceback; `HYDRA_FULL_ERROR=1` shows it) and exit with status 1, and a multirun records them as
+the failed job's error.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
+from hydra.errors import CompactHydraException
 
-class ConfigError(ValueError):
+
+class ConfigError(ValueError, CompactHydraException):
     """A configuration value is invalid; the message names the key, the value and valid choices."""
 
     def __init__(self, key: str, value: Any, valid: str | Iterable[Any]) -> None:
@@ -19,5 +26,5 @@ class ConfigError(ValueError):
         return type(self), (self.key, self.value, self.valid)
 
 
-class DataError(ValueError):
+class DataError(ValueError, CompactHydraException):
     """Input data is unusable (missing file/variable, wrong shape, non-finite values)."""

@@ -7,10 +7,11 @@ torch nor Lightning.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import DictConfig
 
-from maelab.core.checks import at_least, divisors, in_range, one_of, positive_int
+from maelab.core.checks import at_least, divisors, in_range, one_of, positive_int, width_and_heads
 from maelab.core.config import ModelConfig
 from maelab.core.errors import ConfigError
 from maelab.masking.count import hidden_count
@@ -42,9 +43,7 @@ class NetConfig:
                     "decoder_heads"):
             positive_int(key, getattr(self, key))
         for width, heads in (("d_model", "heads"), ("decoder_dim", "decoder_heads")):
-            w, h = getattr(self, width), getattr(self, heads)
-            if w % h or w % 4:
-                raise ConfigError(width, w, f"a multiple of {heads}={h} and of 4")
+            width_and_heads(width, getattr(self, width), heads, getattr(self, heads))
         at_least("mlp_ratio", self.mlp_ratio, 0.0, strict=True)
         in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
         in_range("attn_dropout", self.attn_dropout, 0.0, 1.0, high_open=True)
@@ -118,3 +117,17 @@ class MMMAEConfig(ModelConfig):
                                        check_patch_size(cfg.data.patch_size), cfg.data.land_threshold)
             hidden_count(self.masking.ratio, layout.n_valid, key="model.masking.ratio")
             hidden_count(self.masking.ratio, seq_len, key="model.masking.ratio")
+
+    def monitored_metrics(self, cfg: DictConfig, info: Any = None) -> list[str]:
+        """train/val loss and its part per present modality; the interpolation's validation loss
+        per present series (`info`: the data's HydroInfo, else the modalities `cfg.data` maps)."""
+        if info is not None:
+            present = [n for n in (*info.grid_names, *info.series_names) if info.present.get(n)]
+            series = [n for n in info.series_names if info.present.get(n)]
+        else:
+            maps = {k: dict(cfg.data.get(k) or {}) for k in ("grids", "series")}
+            present = [n for k in maps for n, v in maps[k].items() if v is not None]
+            series = [n for n, v in maps["series"].items() if v is not None]
+        return [*(f"{stage}/loss{suffix}" for stage in ("train", "val")
+                  for suffix in ("", *(f"_{n}" for n in present))),
+                *(f"val/loss_{s}_interpolation" for s in series)]

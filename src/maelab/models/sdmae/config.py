@@ -7,10 +7,11 @@ torch nor Lightning.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import DictConfig
 
-from maelab.core.checks import at_least, divisors, in_range, one_of, positive_int
+from maelab.core.checks import at_least, divisors, in_range, one_of, positive_int, width_and_heads
 from maelab.core.config import ModelConfig
 from maelab.core.errors import ConfigError
 from maelab.masking.count import hidden_count
@@ -39,8 +40,7 @@ class NetConfig:
     def __post_init__(self) -> None:
         for key in ("d_model", "heads", "encoder_depth", "teacher_depth", "student_depth"):
             positive_int(key, getattr(self, key))
-        if self.d_model % self.heads or self.d_model % 4:
-            raise ConfigError("d_model", self.d_model, f"a multiple of heads={self.heads} and of 4")
+        width_and_heads("d_model", self.d_model, "heads", self.heads)
         at_least("mlp_ratio", self.mlp_ratio, 0.0, strict=True)
         in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
         in_range("attn_dropout", self.attn_dropout, 0.0, 1.0, high_open=True)
@@ -124,12 +124,15 @@ class SDMAEConfig(ModelConfig):
         """Window length vs patches, hidden units and the scored region."""
         seq_length = positive_int("data.seq_length", cfg.data.seq_length)
         m, n = self.masking, self.scoring.mask_last_n
-        if m.strategy == "patch" and seq_length % m.patch_size:
+        if m.strategy == "patch" and (seq_length % m.patch_size or m.patch_size == seq_length):
             raise ConfigError("model.masking.patch_size", m.patch_size,
-                              f"a divisor of data.seq_length={seq_length}: {divisors(seq_length)}")
+                              f"a divisor of data.seq_length={seq_length} leaving at least 2 "
+                              f"patches: {divisors(seq_length)[:-1]}")
         units = {"patch": seq_length // m.patch_size, "token": seq_length, "temporal": seq_length,
                  "feature_wise": seq_length * int(cfg.data.get("num_features", 1))}[m.strategy]
-        hidden_count(m.ratio, units, key="model.masking.ratio")
+        what = {"patch": f"patches (data.seq_length={seq_length} / patch_size={m.patch_size})",
+                "token": "steps", "temporal": "steps", "feature_wise": "(step, feature) cells"}
+        hidden_count(m.ratio, units, key="model.masking.ratio", what=what[m.strategy])
         if n >= seq_length:
             raise ConfigError("model.scoring.mask_last_n", n, f"an integer in [1, {seq_length - 1}] "
                               f"(data.seq_length={seq_length})")
@@ -137,3 +140,17 @@ class SDMAEConfig(ModelConfig):
             raise ConfigError("model.scoring.mask_last_n", n,
                               f"a multiple of patch_size={m.patch_size} in patch masking (the scored "
                               "region must cover whole patches)")
+
+    def monitored_metrics(self, cfg: DictConfig, info: Any = None) -> list[str]:
+        """train/val loss parts; val/auroc (of the primary score; also of discrepancy when another
+        score is primary) where validation has labels."""
+        both = len(self.net.decoders) == 2
+        parts = ["loss", "recon", *(["disc_normal", "disc_anomaly"] if both and self.loss.discrepancy
+                                    else [])]
+        names = [f"{stage}/{p}" for stage in ("train", "val") for p in parts]
+        if info is None or info.val_has_labels:
+            primary = self.scoring.score if self.scoring.score != "auto" else (
+                "discrepancy" if both else "reconstruction")
+            names += ["val/auroc", *(["val/auroc_discrepancy"] if both and primary != "discrepancy"
+                                     else [])]
+        return names
