@@ -1,5 +1,7 @@
 """Hydra callbacks (registered in conf/hydra/default.yaml).
 
+- `RunDirLockCallback` claims the run (or sweep) directory before Hydra writes `.hydra/` into it
+  (`maelab.core.rundir`): a second run there is refused instead of overwriting the first's config.
 - `JobStatusCallback` writes `<job dir>/status.json` when a job ends, failed or not; it runs
   wherever the job runs (in the worker processes of `hydra/launcher=joblib` too).
 - `SweepReportCallback` aggregates a multirun (`maelab.report`) when it ends. Hydra's basic
@@ -11,18 +13,22 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import pickle
+import sys
 import time
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from maelab.core.errors import ConfigError
 from maelab.core.io import atomic_write_json
+from maelab.core.rundir import claim_run_dir, is_first_rank
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +63,6 @@ def job_status(job_return: JobReturn, wall_time_s: float | None) -> dict[str, An
     return record
 
 
-def is_secondary_rank() -> bool:
-    """True in the extra processes of a distributed run (Lightning re-runs train.py per rank,
-    with the job's output folder): only rank 0 speaks for the job."""
-    return any(os.environ.get(var, "0") != "0" for var in ("LOCAL_RANK", "RANK"))
-
-
 def make_error_picklable(job_return: JobReturn) -> None:
     """Swap a failed job's exception for a RuntimeError with its message if it cannot be pickled.
 
@@ -74,6 +74,38 @@ def make_error_picklable(job_return: JobReturn) -> None:
         pickle.loads(pickle.dumps(exc))
     except Exception:
         job_return.return_value = RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+class RunDirLockCallback(Callback):
+    """Claim `hydra.run.dir` (a run) or `hydra.sweep.dir` (a multirun) until it ends, before
+    Hydra writes anything there; `ckpt_path` set means a resume (`maelab.core.rundir`).
+
+    A refusal prints its message and exits with status 1: Hydra turns a callback's exception
+    into a warning and would run the job anyway."""
+
+    def __init__(self) -> None:
+        self._claims = ExitStack()
+
+    def _claim(self, config: DictConfig, key: str, sweep: bool) -> None:
+        resume = OmegaConf.select(config, "ckpt_path", default=None) not in (None, "")
+        try:
+            self._claims.enter_context(claim_run_dir(str(OmegaConf.select(config, key)), resume,
+                                                     key, sweep=sweep))
+        except ConfigError as exc:
+            print(exc, file=sys.stderr, flush=True)
+            raise SystemExit(1) from exc
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "hydra.run.dir", sweep=False)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim(config, "hydra.sweep.dir", sweep=True)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claims.close()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claims.close()
 
 
 class JobStatusCallback(Callback):
@@ -90,7 +122,7 @@ class JobStatusCallback(Callback):
         self._started[str(config.hydra.runtime.output_dir)] = time.perf_counter()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if is_secondary_rank():
+        if not is_first_rank():  # Lightning re-runs train.py per rank: rank 0 speaks for the job
             return
         out_dir = str(config.hydra.runtime.output_dir)
         start = self._started.pop(out_dir, None)
@@ -99,7 +131,9 @@ class JobStatusCallback(Callback):
         record["job_num"] = OmegaConf.select(config, "hydra.job.num", default=None)
         atomic_write_json(Path(out_dir) / STATUS_FILE, record)
         if record["status"] == JobStatus.FAILED.name:
-            log.error("job %s failed: %s: %s", out_dir, record.get("error_type"), record.get("error"))
+            if config.hydra.mode == RunMode.MULTIRUN:  # a single run's error is printed by Hydra
+                log.error("job %s failed: %s: %s", out_dir, record.get("error_type"),
+                          record.get("error"))
             launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
             if not launcher.endswith(".BasicLauncher"):
                 make_error_picklable(job_return)
