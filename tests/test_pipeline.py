@@ -58,18 +58,18 @@ def test_evaluate_refuses_checkpoint_of_another_model(tiny_train_cfg, tmp_path):
 
 
 def test_evaluate_bad_checkpoint_inputs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="ckpt"):
-        evaluate(compose_cfg("evaluate", [f"ckpt={tmp_path}/missing.ckpt"]))
     import torch
 
+    with pytest.raises(ConfigError, match="ckpt=.*missing.ckpt.*there is no file"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={tmp_path}/missing.ckpt"]))
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"weights": torch.zeros(2)}, foreign)
-    with pytest.raises(ValueError, match="not a maelab"):
+    with pytest.raises(ConfigError, match="not a maelab checkpoint"):
         evaluate(compose_cfg("evaluate", [f"ckpt={foreign}"]))
     lone = tmp_path / "lone" / "checkpoints" / "best.ckpt"
     lone.parent.mkdir(parents=True)
     torch.save({"state_dict": {}, "hyper_parameters": {}}, lone)
-    with pytest.raises(FileNotFoundError, match="run config"):
+    with pytest.raises(ConfigError, match=r"\.hydra/config\.yaml is missing"):
         evaluate(compose_cfg("evaluate", [f"ckpt={lone}"]))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -14,7 +15,14 @@ import lightning as L
 import pytest
 import torch
 
-from maelab.core.io import _atomic_write, atomic_write_json, safe_torch_load
+from maelab.core.errors import ConfigError
+from maelab.core.io import (
+    _atomic_write,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    safe_torch_load,
+)
 from maelab.pipeline import train
 from tests.conftest import ROOT, TINY
 
@@ -60,7 +68,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_train_cfg):
-    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+    with pytest.raises(ConfigError, match="ckpt_path='last'.*no .*last.ckpt"):
         train(tiny_train_cfg("ckpt_path=last"))
 
 
@@ -119,3 +127,114 @@ def test_no_unsafe_torch_load_in_the_package():
         for line in path.read_text().splitlines():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}: {line.strip()}"
+
+
+class EpochSpy(L.Callback):
+    """Records the epochs a run trains."""
+
+    epochs: list[int] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        EpochSpy.epochs.append(trainer.current_epoch)
+
+
+def test_last_checkpoint_is_the_last_epoch_and_resumes_there(tiny_train_cfg, tmp_path):
+    # best.ckpt follows the largest validation loss (an early epoch here), last.ckpt every epoch
+    three = ["trainer.max_epochs=3", "optimized_metric=val/loss", "optimized_metric_mode=max"]
+    train(tiny_train_cfg(*three))
+    run = tmp_path / "run"
+    best, last = (safe_torch_load(run / "checkpoints" / n) for n in ("best.ckpt", "last.ckpt"))
+    assert last["epoch"] == 2 and last["global_step"] == 3 * 2  # epochs 0, 1, 2 of 2 batches
+    assert best["epoch"] < last["epoch"], "the test needs a best epoch before the last"
+    for name in ("metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run / name).stat().st_mode & 0o777 == _umask_mode(), name
+    config = (run / ".hydra" / "config.yaml").read_text()
+
+    with pytest.raises(ConfigError, match="holds an earlier run's results"):  # not a resume
+        train(tiny_train_cfg(*three, "seed=1"))
+    assert (run / ".hydra" / "config.yaml").read_text() == config
+
+    EpochSpy.epochs.clear()
+    train(tiny_train_cfg("trainer.max_epochs=4", "optimized_metric=val/loss",
+                         "optimized_metric_mode=max", "ckpt_path=last",
+                         f"+callbacks.spy._target_={__name__}.EpochSpy"))
+    assert EpochSpy.epochs == [3]
+    assert safe_torch_load(run / "checkpoints" / "last.ckpt")["epoch"] == 3
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_results_are_written_with_the_umask_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "metrics.json", {"auroc": 0.5})
+        atomic_write_text(tmp_path / "status.txt", "done")
+        atomic_torch_save(tmp_path / "best.ckpt", {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    for path in tmp_path.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashInEpoch(L.Callback):
+    """Fails the run at the first training batch of epoch 1, after epoch 0's checkpoints."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.current_epoch == 1:
+            raise Crash("killed")
+
+
+def _csv_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "csv" / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_resume_keeps_the_csv_history(tiny_train_cfg, tmp_path):
+    three = ["trainer.max_epochs=3", "trainer.limit_train_batches=4"]
+    train(tiny_train_cfg(*three, name="full"))
+    with pytest.raises(Crash):
+        train(tiny_train_cfg(*three, f"+callbacks.crash._target_={__name__}.CrashInEpoch",
+                             name="resumed"))
+    before = _csv_rows(tmp_path / "resumed")
+    assert {r["epoch"] for r in before} >= {"0"}
+    train(tiny_train_cfg(*three, "ckpt_path=last", name="resumed"))
+    full, resumed = _csv_rows(tmp_path / "full"), _csv_rows(tmp_path / "resumed")
+    assert [(r["epoch"], r["step"]) for r in resumed] == [(r["epoch"], r["step"]) for r in full]
+    for a, b in zip(full, resumed, strict=True):
+        assert {k for k, v in a.items() if v} == {k for k, v in b.items() if v}
+        for k, v in a.items():
+            if v:
+                assert float(b[k]) == pytest.approx(float(v), rel=1e-5, abs=1e-7), (a["step"], k)
+
+
+def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
+    """Two real processes on one run directory: the second stops at once and changes nothing;
+    the first finishes; a new run on the finished directory is refused too."""
+    run = tmp_path / "run"
+    first = subprocess.Popen(_train_cmd(run), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / ".lock").exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    second = subprocess.run(_train_cmd(run, "seed=1"), cwd=ROOT, env=_env(), capture_output=True,
+                            text=True, timeout=300)
+    running = first.poll() is None
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    assert running, "the first run ended before the second started"
+    assert second.returncode == 1
+    assert f"hydra.run.dir='{run}'" in second.stderr and f"held by pid {first.pid}" in second.stderr
+    assert "seed: 0" in (run / ".hydra" / "config.yaml").read_text()
+    assert json.loads((run / "metrics.json").read_text())["test"]
+    assert not (run / ".lock").exists()
+    third = subprocess.run(_train_cmd(run), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert third.returncode == 1 and "holds an earlier run's results" in third.stderr

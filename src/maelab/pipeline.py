@@ -14,7 +14,6 @@ Run directory layout:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,15 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from maelab.core.config import load_model_config, validate_config
+from maelab.core.config import check_optimized_metric, load_model_config, validate_config
 from maelab.core.errors import ConfigError, DataError
-from maelab.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from maelab.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint
+from maelab.core.rundir import claim_run_dir, is_first_rank
 from maelab.lit.base import MaeModule
 from maelab.report.tables import print_metrics_table
 
@@ -40,12 +42,7 @@ log = logging.getLogger(__name__)
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """The configured DataModule, prepared and set up for fitting. A bad `data.*` setting raises
     the DataModule's own ConfigError / DataError (not Hydra's wrapper of it)."""
-    try:
-        dm = instantiate(cfg.data)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, ConfigError | DataError):
-            raise exc.__cause__ from None
-        raise
+    dm = _instantiate(cfg.data, "data")
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -69,26 +66,69 @@ def save_run_config(cfg: DictConfig, out_dir: Path) -> None:
         atomic_write_text(path, OmegaConf.to_yaml(cfg))
 
 
-def _instantiate_all(group: DictConfig | None) -> list:
-    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+def _instantiate(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """`instantiate(node)`; the library's refusal of a setting becomes a ConfigError naming `key`."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ConfigError | DataError):
+            raise cause from None
+        message = " ".join(str(cause).split())
+        raise ConfigError(key, str(node.get("_target_")), f"settings it accepts; it refused them: "
+                          f"{type(cause).__name__}: {message[:300]}") from exc
+
+
+def _instantiate_all(group: DictConfig | None, key: str) -> list:
+    return [_instantiate(c, f"{key}.{name}") for name, c in (group or {}).items()
+            if c is not None and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, **kwargs: Any) -> L.Trainer:
+    """`cfg.trainer` with `callbacks`; Lightning's own progress bar only where the config asks
+    for one (`callbacks.progress_bar=null` means no bar, unless `trainer.enable_progress_bar`)."""
+    has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+    return _instantiate(cfg.trainer, "trainer", callbacks=callbacks,
+                        enable_progress_bar=cfg.trainer.get("enable_progress_bar", has_bar), **kwargs)
 
 
 def resolve_resume(cfg: DictConfig, out_dir: Path) -> str | None:
-    """`ckpt_path`: null, `last` (this run directory's last.ckpt) or a path."""
+    """`ckpt_path`: null, `last` (this run directory's last.ckpt) or a path, checked to be a
+    checkpoint of this model (ConfigError naming `ckpt_path` otherwise)."""
     if cfg.ckpt_path in (None, ""):
         return None
     path = out_dir / "checkpoints" / "last.ckpt" if cfg.ckpt_path == "last" else Path(cfg.ckpt_path)
-    if not path.exists():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path!r}: no checkpoint at {path}")
+    if cfg.ckpt_path == "last" and not path.exists():
+        raise ConfigError("ckpt_path", "last", f"a run directory with checkpoints/last.ckpt to "
+                          f"resume; there is no {path}")
+    state = load_checkpoint(path, "ckpt_path")
+    saved_class = _saved_model_class(state)
+    if saved_class != cfg.model._target_:
+        raise ConfigError("ckpt_path", str(cfg.ckpt_path), f"a checkpoint of {cfg.model._target_}; "
+                          f"{path} holds a {saved_class}")
     return str(path)
 
 
-def _single_log_lines() -> None:
-    """Lightning adds its own console handler; under Hydra's root handler lines print twice."""
+def _saved_model_class(state: dict) -> str | None:
+    return (state["hyper_parameters"].get("run_config") or {}).get("model", {}).get("_target_")
+
+
+class _DropLitLoggerTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_lightning_logging() -> None:
+    """Each Lightning line once, without its advertisement. Lightning adds console handlers to
+    `lightning`, `lightning.pytorch`, `lightning.fabric`; under Hydra's root handler lines would
+    print twice."""
     if logging.getLogger().handlers:
-        for name in ("lightning.pytorch", "lightning.fabric"):
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLitLoggerTip())
 
 
 def _strategy(cfg: DictConfig) -> str:
@@ -107,28 +147,48 @@ def _strategy(cfg: DictConfig) -> str:
     return strategy
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit, calibrate on validation, test the best checkpoint; write metrics.json and figures."""
-    _single_log_lines()
+def _run_dir_key() -> str:
+    """The setting a user gives the run directory with."""
+    if HydraConfig.initialized():
+        return "hydra.sweep.dir" if HydraConfig.get().mode == RunMode.MULTIRUN else "hydra.run.dir"
+    return "paths.output_dir"
+
+
+def train(cfg: DictConfig, print_table: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit, calibrate on validation, test the best checkpoint; write metrics.json and figures.
+
+    The run directory is claimed first (`maelab.core.rundir`): no other run may be using it, and
+    unless resuming (`ckpt_path`) it must not hold an earlier run's results. `print_table=False`
+    leaves the console table to the caller."""
+    _quiet_lightning_logging()
     validate_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+    with claim_run_dir(out_dir, resume=cfg.ckpt_path not in (None, ""), key=_run_dir_key()):
+        return _train(cfg, out_dir, print_table)
+
+
+def _train(cfg: DictConfig, out_dir: Path, print_table: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    resume = resolve_resume(cfg, out_dir)
+    if is_first_rank():
         save_run_config(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
+    # the trainer first: a bad trainer / callback / logger setting fails before any data work
+    trainer = build_trainer(cfg, _instantiate_all(cfg.get("callbacks"), "callbacks"),
+                            logger=_instantiate_all(cfg.get("logger"), "logger") or False,
+                            strategy=_strategy(cfg))
     dm = build_datamodule(cfg)
+    check_optimized_metric(cfg, load_model_config(cfg), dm.info())
     module = build_module(cfg, dm)
-    resume = resolve_resume(cfg, out_dir)
-    loggers = _instantiate_all(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
-                          logger=loggers or False, strategy=_strategy(cfg))
+    if resume is not None:  # Lightning loads it again in fit: here a mismatch is explained
+        load_weights(module, load_checkpoint(resume, "ckpt_path"), dm, "ckpt_path", cfg.ckpt_path)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
-    ckpt_cb = trainer.checkpoint_callback
-    best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
+    ckpt_cb = trainer.checkpoint_callback  # the first: best.ckpt (conf/callbacks); then last.ckpt
+    best = Path(next(c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path))
     # spawned ranks send back fitted weights only, not calibration: evaluate in this process then
     eval_trainer = None if trainer.strategy.launcher and isinstance(
         trainer.strategy.launcher, _MultiProcessingLauncher) else trainer
     metrics = evaluate_checkpoint(cfg, best, out_dir, trainer=eval_trainer, datamodule=dm,
-                                  write_calibration=True)
+                                  write_calibration=True, print_table=print_table)
     if ckpt_cb.best_model_score is not None:
         metrics["optimized_metric"] = float(ckpt_cb.best_model_score)
         metrics["optimized_metric_name"] = str(cfg.optimized_metric)
@@ -137,24 +197,50 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, {"trainer": trainer, "module": module, "datamodule": dm}
 
 
+def load_weights(module: MaeModule, state: dict, dm: L.LightningDataModule, key: str,
+                 value: Any) -> None:
+    """Load the checkpoint `state` (given as `key`=`value`) into `module`. When the data `dm` do
+    not have the shapes the checkpoint's model was built for, a ConfigError names each data
+    setting that differs instead of a `size mismatch` traceback."""
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        saved = state["hyper_parameters"].get("data_info") or {}
+        now = asdict(dm.info())
+        differ = {k: (saved[k], now[k]) for k in saved
+                  if k in now and saved[k] != now[k] and k != "batch_size"}
+        if not differ:
+            raise
+        text = "; ".join(f"data.{k}={_short(v)} (the checkpoint's: {_short(old)})"
+                         for k, (old, v) in differ.items())
+        raise ConfigError(key, str(value), "a checkpoint trained on data of these shapes; the "
+                          f"data differ from the checkpoint's: {text}") from exc
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def evaluate_checkpoint(
     cfg: DictConfig, ckpt_path: Path, out_dir: Path, trainer: L.Trainer | None = None,
     datamodule: L.LightningDataModule | None = None, write_calibration: bool = False,
-    recalibrate: bool = False,
+    recalibrate: bool = False, print_table: bool = True,
 ) -> dict[str, Any]:
     """Load `ckpt_path` safely, calibrate on validation if needed, test; write results to out_dir.
 
     Uses the base module's interface only (`maelab.lit.base.MaeModule`).
     """
-    state = safe_torch_load(ckpt_path)
+    state = load_checkpoint(ckpt_path, "ckpt")
     dm = datamodule or build_datamodule(cfg)
     module = build_module(cfg, dm)
-    module.load_state_dict(state["state_dict"])
+    load_weights(module, state, dm, "ckpt", ckpt_path)
     if trainer is None:  # one device: results are the same as gathered over ranks
-        trainer = instantiate(
-            cfg.trainer, logger=False, devices=1, num_nodes=1, strategy="auto",
-            callbacks=_instantiate_all(
-                {k: v for k, v in (cfg.get("callbacks") or {}).items() if k == "progress_bar"}))
+        trainer = build_trainer(
+            cfg, _instantiate_all(
+                {k: v for k, v in (cfg.get("callbacks") or {}).items() if k == "progress_bar"},
+                "callbacks"),
+            logger=False, devices=1, num_nodes=1, strategy="auto")
     if recalibrate or not module.calibrated:
         module.calibrate(trainer, dm)
         if write_calibration and trainer.is_global_zero:
@@ -165,7 +251,8 @@ def evaluate_checkpoint(
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         atomic_write_json(out_dir / "metrics.json", metrics)
         _log_figures(trainer.loggers, module.write_figures(dm, out_dir / "figures"))
-        print_metrics_table(metrics)
+        if print_table:
+            print_metrics_table(metrics)
     return metrics
 
 
@@ -179,40 +266,81 @@ def _log_figures(loggers: list, figures: dict) -> None:
                 lg.log_image(key=f"eval/{name}", images=[fig])
 
 
-def load_run_config(ckpt_path: Path, state: dict) -> DictConfig:
-    """The config of the run that wrote `ckpt_path`: <run>/.hydra/config.yaml, else the ckpt's."""
+def load_run_config(ckpt_path: Path) -> DictConfig:
+    """The config of the run that wrote `ckpt_path`: <run>/.hydra/config.yaml. A checkpoint's own
+    copy of the config is never used to build anything (a crafted file could name any class)."""
     cfg_path = ckpt_path.parent.parent / ".hydra" / "config.yaml"
-    if cfg_path.exists():
-        return OmegaConf.load(cfg_path)
-    run_config = state.get("hyper_parameters", {}).get("run_config")
-    if run_config is None:
-        raise FileNotFoundError(
-            f"no run config for {ckpt_path}: expected {cfg_path} (the run's Hydra config) or "
-            "hyper-parameters inside the checkpoint"
-        )
-    return OmegaConf.create(run_config)
+    if not cfg_path.is_file():
+        raise ConfigError("ckpt", str(ckpt_path), f"a checkpoint inside the run directory that "
+                          f"wrote it: its config {cfg_path} is missing (data and model are rebuilt "
+                          "from that file, never from the checkpoint's own copy)")
+    return OmegaConf.load(cfg_path)
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """evaluate.py: rebuild data and model from the run's saved config and test the checkpoint."""
+# what a `_target_` of a run config read from disk may build, by where it sits
+_TARGET_KINDS = {"data": L.LightningDataModule, "trainer": L.Trainer, "callbacks": L.Callback,
+                 "logger": Logger}
+
+
+def _target_kind(path: tuple[str, ...]) -> type | None:
+    """The base class of a `_target_` at `path` (`data`, `trainer`, `callbacks.<name>`,
+    `logger.<name>`); None where no `_target_` may be."""
+    if path in (("data",), ("trainer",)) or (len(path) == 2 and path[0] in ("callbacks", "logger")):
+        return _TARGET_KINDS[path[0]]
+    return None
+
+
+def check_targets(cfg: DictConfig, source: Path) -> None:
+    """Every `_target_` of the run config `source` names a class of the kind its place builds
+    (`model` is checked by `build_module`), and there are none elsewhere: a config from another
+    machine cannot make evaluate.py call a function such as `builtins.open`."""
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, dict):
+            if "_target_" in node and path != ("model",):
+                key, kind = ".".join((*path, "_target_")), _target_kind(path)
+                if kind is None:
+                    raise ConfigError(key, node["_target_"], f"no _target_ here (in {source})")
+                try:
+                    cls = get_class(str(node["_target_"]))
+                except (ImportError, ValueError) as exc:
+                    raise ConfigError(key, node["_target_"],
+                                      f"a {kind.__name__} class (in {source})") from exc
+                if not issubclass(cls, kind):
+                    raise ConfigError(key, node["_target_"], f"a {kind.__name__} class (in {source})")
+            for k, v in node.items():
+                walk(v, (*path, str(k)))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, (*path, str(i)))
+
+    walk(OmegaConf.to_container(cfg, resolve=False), ())
+
+
+def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
+    """evaluate.py: rebuild data and model from the run's saved config and test the checkpoint.
+
+    `data` overrides are merged into the run's data settings (`+data.num_workers=0`), or replace
+    them when they name a DataModule (`data=smd`)."""
+    _quiet_lightning_logging()
+    state = load_checkpoint(cfg.ckpt, "ckpt")
     ckpt_path = Path(cfg.ckpt).expanduser().resolve()
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt={cfg.ckpt!r}: no such checkpoint file")
-    state = safe_torch_load(ckpt_path)
-    if "state_dict" not in state or "hyper_parameters" not in state:
-        raise ValueError(f"ckpt={cfg.ckpt!r} is not a maelab/Lightning checkpoint")
-    run_cfg = load_run_config(ckpt_path, state)
-    saved_class = (state["hyper_parameters"].get("run_config") or {}).get("model", {}).get("_target_")
+    run_cfg = load_run_config(ckpt_path)
+    check_targets(run_cfg, ckpt_path.parent.parent / ".hydra" / "config.yaml")
+    saved_class = _saved_model_class(state)
     if saved_class != run_cfg.model._target_:
-        raise ValueError(f"ckpt={cfg.ckpt!r} holds a {saved_class} but the run config builds "
-                         f"{run_cfg.model._target_}")
+        raise ConfigError("ckpt", str(cfg.ckpt), f"a checkpoint of the model its run config builds "
+                          f"({run_cfg.model._target_}); it holds a {saved_class}")
     run_dir = ckpt_path.parent.parent
-    overrides = {k: cfg[k] for k in ("score", "mask_last_n", "threshold", "point_adjust", "data")
+    overrides = {k: cfg[k] for k in ("score", "mask_last_n", "point_adjust", "data")
                  if cfg.get(k) is not None}
+    threshold = {k: v for k, v in (cfg.get("threshold") or {}).items() if v is not None}
+    if threshold:
+        overrides["threshold"] = threshold
     run_cfg = OmegaConf.merge(run_cfg, {"paths": {"output_dir": str(run_dir)}})
     for key, value in overrides.items():
-        OmegaConf.update(run_cfg, key, value, merge=key != "data", force_add=True)
+        replace = key == "data" and "_target_" in value  # another dataset, not a few settings
+        OmegaConf.update(run_cfg, key, value, merge=not replace, force_add=True)
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
     return evaluate_checkpoint(run_cfg, ckpt_path, run_dir / "eval",
-                               recalibrate="threshold" in overrides)
+                               recalibrate="threshold" in overrides, print_table=print_table)
