@@ -144,14 +144,12 @@ def _release_all() -> None:
         _release(lock)
 
 
-@contextmanager
-def claim_run_dir(run_dir: str | os.PathLike, resume: bool, key: str,
-                  sweep: bool = False) -> Iterator[None]:
-    """Hold `run_dir` for this run (see the module docstring); `sweep`: a multirun's folder,
+def claim(run_dir: str | os.PathLike, resume: bool, key: str, sweep: bool = False) -> Path | None:
+    """Hold `run_dir` for this run (see the module docstring) until `release(<returned lock>)`;
+    None (nothing held) in the extra ranks of a distributed job. `sweep`: a multirun's folder,
     whose earlier results are in its job folders."""
     if not is_first_rank():
-        yield
-        return
+        return None
     run_dir = Path(run_dir).resolve()
     lock = run_dir / LOCK_NAME
     if lock not in _held:
@@ -166,7 +164,21 @@ def claim_run_dir(run_dir: str | os.PathLike, resume: bool, key: str,
                               "file) to resume the run there: it holds an earlier run's results ("
                               + ", ".join(results[:4]) + (", …" if len(results) > 4 else "") + ")")
     _held[lock] += 1
+    return lock
+
+
+def release(lock: Path | None) -> None:
+    """Undo one `claim` (the lock file goes with the outermost)."""
+    if lock is not None and lock in _held:
+        _release(lock)
+
+
+@contextmanager
+def claim_run_dir(run_dir: str | os.PathLike, resume: bool, key: str,
+                  sweep: bool = False) -> Iterator[None]:
+    """`claim` for the duration of a `with` block."""
+    lock = claim(run_dir, resume, key, sweep)
     try:
         yield
     finally:
-        _release(lock)
+        release(lock)

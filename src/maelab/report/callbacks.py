@@ -17,7 +17,6 @@ import pickle
 import sys
 import time
 import traceback
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from maelab.core.errors import ConfigError
 from maelab.core.io import atomic_write_json
-from maelab.core.rundir import claim_run_dir, is_first_rank
+from maelab.core.rundir import claim, is_first_rank, release
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +80,24 @@ class RunDirLockCallback(Callback):
     Hydra writes anything there; `ckpt_path` set means a resume (`maelab.core.rundir`).
 
     A refusal prints its message and exits with status 1: Hydra turns a callback's exception
-    into a warning and would run the job anyway."""
+    into a warning and would run the job anyway. Picklable (submitit ships callbacks to jobs)."""
 
     def __init__(self) -> None:
-        self._claims = ExitStack()
+        self._locks: list[Path] = []
 
     def _claim(self, config: DictConfig, key: str, sweep: bool) -> None:
         resume = OmegaConf.select(config, "ckpt_path", default=None) not in (None, "")
         try:
-            self._claims.enter_context(claim_run_dir(str(OmegaConf.select(config, key)), resume,
-                                                     key, sweep=sweep))
+            lock = claim(str(OmegaConf.select(config, key)), resume, key, sweep=sweep)
         except ConfigError as exc:
             print(exc, file=sys.stderr, flush=True)
             raise SystemExit(1) from exc
+        if lock is not None:
+            self._locks.append(lock)
+
+    def _release(self) -> None:
+        while self._locks:
+            release(self._locks.pop())
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._claim(config, "hydra.run.dir", sweep=False)
@@ -102,10 +106,10 @@ class RunDirLockCallback(Callback):
         self._claim(config, "hydra.sweep.dir", sweep=True)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._claims.close()
+        self._release()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._claims.close()
+        self._release()
 
 
 class JobStatusCallback(Callback):
