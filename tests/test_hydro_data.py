@@ -156,6 +156,50 @@ def _masks_by_window(dm: HydroDataModule, loader, stream: int) -> dict[tuple[int
     return out
 
 
+def _windows(loader) -> list[tuple[int, int]]:
+    """(catchment, start) of every window a loader yields, in order."""
+    return [(int(c), int(s)) for b in loader for c, s in zip(b["catchment"], b["start"], strict=True)]
+
+
+def test_training_windows_are_sharded_over_ranks(dm: HydroDataModule, monkeypatch) -> None:
+    """Under DDP each rank trains on its own share of one seeded epoch order (every window once
+    over the ranks, as one process); validation and test give every rank every window."""
+    import maelab.data.samplers as samplers
+
+    def loaders(rank: int, world: int, epoch: int) -> tuple[list, list]:
+        monkeypatch.setattr(samplers, "_rank_and_world", lambda: (rank, world))
+        train = dm.train_dataloader()
+        train.sampler.set_epoch(epoch)
+        return _windows(train), _windows(dm.val_dataloader())
+
+    one, val = loaders(0, 1, epoch=0)
+    (r0, v0), (r1, v1) = loaders(0, 2, epoch=0), loaders(1, 2, epoch=0)
+    n = len(one)
+    assert n == len(dm.datasets["train"]) and len(set(one)) == n
+    assert r0 == one[0::2] and r1 == (one + one[:1])[1::2][: len(r0)]  # odd n: one copy pads
+    assert set(r0) | set(r1) == set(one) and len(r0) + len(r1) - n <= 1
+    assert v0 == v1 == val and len(val) == len(dm.datasets["val"])
+    assert loaders(0, 1, epoch=1)[0] != one and loaders(0, 1, epoch=0)[0] == one  # seed + epoch
+
+
+def test_preparation_shows_its_progress(source: tuple[Path, xr.Dataset], tmp_path: Path,
+                                        monkeypatch) -> None:
+    import maelab.data.hydro.store as store
+
+    tasks: list[tuple[str, float | None]] = []
+
+    class Recorded(store.Progress):
+        def add_task(self, description: str, *args: Any, **kwargs: Any) -> Any:
+            tasks.append((description, kwargs.get("total")))
+            return super().add_task(description, *args, **kwargs)
+
+    monkeypatch.setattr(store, "Progress", Recorded)
+    HydroDataModule(**_kw(source[0], tmp_path / "cache")).prepare_data()
+    assert tasks[0][0] == "hydro source `netcdf`: opening"
+    assert [d for d, _ in tasks[1:]] == [f"hydro store: {g}" for g in hdm.GRID_NAMES]
+    assert all(total and total >= 1 for _, total in tasks[1:])
+
+
 def test_masks_on_data_batches(dm: HydroDataModule) -> None:
     b = _masked(dm, next(iter(dm.train_dataloader())), stream=0)
     for g in dm.grid_names:

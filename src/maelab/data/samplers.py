@@ -62,7 +62,9 @@ class ShardSampler(Sampler[int]):
 def sharded_loader(
     data: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0, **kwargs
 ) -> DataLoader:
-    """DataLoader over this rank's share: epoch-seeded shuffle for training, in order otherwise."""
+    """DataLoader over this rank's share: epoch-seeded shuffle for training, in order otherwise.
+    Workers persist across epochs unless `persistent_workers=False` is passed."""
     sampler = EpochSeededSampler(len(data), seed) if shuffle else ShardSampler(len(data))
+    kwargs["persistent_workers"] = kwargs.get("persistent_workers", True) and num_workers > 0
     return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, **kwargs)
+                      **kwargs)

@@ -56,6 +56,7 @@ from maelab.data.hydro.sources import (
 )
 from maelab.data.hydro.sources.base import check_splits_in_range
 from maelab.data.hydro.store import PreparedStore, prepare_cached
+from maelab.data.samplers import sharded_loader
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class HydroDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         grids = as_plain(grids) if grids is not None else {g: g for g in GRID_NAMES}
@@ -188,6 +190,7 @@ class HydroDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and num_workers > 0
+        self.shuffle_seed = positive_int("data.shuffle_seed", shuffle_seed, minimum=0)
         self.grid_names, self.series_names = list(grids), list(series)
         self.present = {n: v is not None for n, v in {**grids, **series}.items()}
         self._store_path: Path | None = None
@@ -347,12 +350,17 @@ class HydroDataModule(L.LightningDataModule):
                             self.layout, self.seq_len, day0)
 
     def _loader(self, split: str) -> DataLoader:
+        """Training: this rank's share of an order drawn from `shuffle_seed` + epoch
+        (maelab.data.samplers), so DDP ranks train on disjoint windows. Validation and test: every
+        window in order on every rank: MM-MAE's losses and test evaluation are not gathered over
+        ranks, so each rank computes the one-process result (and rank 0 writes it)."""
         self.setup()
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=split == "train",
-            num_workers=self.num_workers, pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers, collate_fn=self.collate(),
-        )
+        kwargs = {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                  "persistent_workers": self.persistent_workers, "collate_fn": self.collate()}
+        if split == "train":
+            return sharded_loader(self.datasets[split], self.batch_size, True,
+                                  seed=self.shuffle_seed, **kwargs)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from maelab.core.errors import DataError
 from maelab.core.io import atomic_write_json
@@ -79,9 +80,15 @@ def _span(finite_days: np.ndarray) -> list[int]:
     return [int(idx[0]), int(idx[-1])] if idx.size else [-1, -1]
 
 
+def _track(progress: Progress | None, items: Sequence, description: str) -> Sequence:
+    return items if progress is None else progress.track(items, description=description)
+
+
 def write_store(ds: xr.Dataset, spec: SourceSpec, layout: PatchLayout,
-                train: tuple[str, str], log_series: Sequence[str], out: Path) -> None:
-    """Prepare `ds` into the store directory `out` (see the module docstring)."""
+                train: tuple[str, str], log_series: Sequence[str], out: Path,
+                progress: Progress | None = None) -> None:
+    """Prepare `ds` into the store directory `out` (see the module docstring); `progress` shows
+    the blocks of days read per grid."""
     out.mkdir(parents=True)
     src_days = source_days(ds, spec)
     days = np.arange(src_days[0], src_days[-1] + 1, dtype="datetime64[D]")
@@ -109,7 +116,8 @@ def write_store(ds: xr.Dataset, spec: SourceSpec, layout: PatchLayout,
         mom, has = _Moments(), np.zeros(n_days, dtype=bool)
         bounds = np.cumsum((0, *da.chunks[0])) if da.chunks else np.arange(
             0, src_days.size + _BLOCK_DAYS, _BLOCK_DAYS).clip(max=src_days.size)
-        for i0, i1 in zip(bounds[:-1], bounds[1:], strict=True):
+        blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
+        for i0, i1 in _track(progress, blocks, f"hydro store: {name}"):
             block = np.asarray(da.isel({t: slice(int(i0), int(i1))}).values, dtype=np.float32)
             block = block[:, ::-1] if flip_y else block
             block = block[:, :, ::-1] if flip_x else block
@@ -171,20 +179,25 @@ def prepare_cached(
     if (path / "meta.json").is_file():
         log.info("hydro store cache hit: %s", path)
         return path
-    ds = open_fn()
     tmp = cache_dir / f".tmp-{path.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        write_store(ds, spec, layout, train, log_series, tmp)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=True) as progress:  # nothing is left on the console
+        opening = progress.add_task(f"hydro source `{spec.kind}`: opening", total=None)
+        ds = open_fn()
+        progress.update(opening, total=1, completed=1)
         try:
-            os.rename(tmp, path)
-        except OSError:  # prepared concurrently by another process: keep theirs
-            if not (path / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        ds.close()
+            write_store(ds, spec, layout, train, log_series, tmp, progress)
+            try:
+                os.rename(tmp, path)
+            except OSError:  # prepared concurrently by another process: keep theirs
+                if not (path / "meta.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            ds.close()
     log.info("hydro store prepared: %s", path)
     return path
 

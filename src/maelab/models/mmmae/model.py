@@ -219,9 +219,8 @@ class MMMAE(nn.Module):
                 "location": batch.get("location")}
 
     def _absent(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Replace the tokens of samples lacking the modality by the `absent` embedding."""
-        if bool(present.all()):
-            return e
+        """Replace the tokens of samples lacking the modality by the `absent` embedding. Always
+        through `where`: DDP needs every parameter in every step's graph (and no host sync)."""
         return torch.where(present[:, None, None], e, self.absent.to(e.dtype))
 
     def encode(self, batch: Mapping[str, Any]) -> dict[str, Any]:
