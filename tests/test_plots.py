@@ -55,3 +55,25 @@ def test_plots_without_path_return_figures():
     x = rng.normal(size=(1, 20, 5))
     fig = plot_example_windows(x, x, None, np.zeros((1, 20)), ["one"], 5)  # no student
     assert len(fig.axes) == 3
+
+
+def test_example_rows_draw_the_window_they_name(tiny_train_cfg):
+    """The "normal" example has no anomalous step anywhere (a window anomalous only before the
+    scored region was drawn there, with its anomaly band); type rows show a scored anomaly."""
+    from maelab.pipeline import build_datamodule, build_module
+
+    cfg = tiny_train_cfg()
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    batch = dict(next(iter(dm.test_dataloader())))
+    n = module.mask_last_n
+    labels, kinds = batch["point_labels"].clone(), batch["anomaly_type"].clone()
+    labels[0], kinds[0] = 0, 3  # first window: a level shift before the scored region only
+    labels[0, 10:20] = 1
+    batch |= {"point_labels": labels, "anomaly_type": kinds}
+    with torch.no_grad():
+        module.test_step(batch, 0)
+    assert 0 in module.examples and int(module.examples[0]["point_labels"].sum()) == 0
+    for kind, example in module.examples.items():
+        if kind:
+            assert int(example["point_labels"][-n:].sum()) > 0, kind

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -219,16 +220,16 @@ def test_resume_keeps_the_csv_history(tiny_train_cfg, tmp_path):
 def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
     """Two real processes on one run directory: the second stops at once and changes nothing;
     the first finishes; a new run on the finished directory is refused too."""
-    run = tmp_path / "run"
-    first = subprocess.Popen(_train_cmd(run), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    run, log = tmp_path / "run", tmp_path / "first.log"
+    first = subprocess.Popen(_train_cmd(run), cwd=ROOT, env=_env(), stdout=log.open("w"),
+                             stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while not (run / ".lock").exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     second = subprocess.run(_train_cmd(run, "seed=1"), cwd=ROOT, env=_env(), capture_output=True,
                             text=True, timeout=300)
     running = first.poll() is None
-    assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    assert first.wait(timeout=600) == 0, log.read_text()[-2000:]
     assert running, "the first run ended before the second started"
     assert second.returncode == 1
     assert f"hydra.run.dir='{run}'" in second.stderr and f"held by pid {first.pid}" in second.stderr
@@ -238,3 +239,10 @@ def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
     third = subprocess.run(_train_cmd(run), cwd=ROOT, env=_env(), capture_output=True, text=True,
                            timeout=300)
     assert third.returncode == 1 and "holds an earlier run's results" in third.stderr
+    # the first run's console: each Lightning line once, no advertisement, no bar when
+    # callbacks.progress_bar=null, the score of each calibrated threshold named
+    printed = log.read_text()
+    assert printed.count("GPU available") == 1 and "litlogger" not in printed
+    assert "it/s" not in printed and "Epoch " not in printed
+    assert re.search(r"thresholds discrepancy \S+ \(f1\), reconstruction \S+ \(f1\), "
+                     r"combined \S+ \(f1\)", printed), printed[-2000:]

@@ -140,9 +140,13 @@ class SDMAEModule(MaeModule):
 
     def test_step(self, batch: SeriesBatch, batch_idx: int) -> None:
         out = self._collect(batch)
-        labels = batch["point_labels"][:, -self.mask_last_n:].amax(dim=1)
-        for i, kind in enumerate(torch.where(labels > 0, batch["anomaly_type"], 0).tolist()):
-            if kind not in self.examples:
+        # an example per anomaly type whose anomaly lies in the scored region, and a "normal" one
+        # without any anomalous step (a window anomalous only outside that region is neither)
+        scored = batch["point_labels"][:, -self.mask_last_n:].amax(dim=1) > 0  # (B,)
+        clean = batch["point_labels"].amax(dim=1) == 0  # (B,)
+        kinds = torch.where(scored, batch["anomaly_type"], torch.where(clean, 0, -1))  # (B,)
+        for i, kind in enumerate(kinds.tolist()):
+            if kind >= 0 and kind not in self.examples:
                 self.examples[kind] = {
                     "x": batch["x"][i].cpu(), "point_labels": batch["point_labels"][i].cpu(),
                     **{k: out[k][i].detach().float().cpu() for k in self.net.decoders},
@@ -234,7 +238,10 @@ class SDMAEModule(MaeModule):
                 self.cal_threshold[i] = thr
                 self.cal_percentile_rule[i] = used == "percentile"
         self.cal_mask_last_n.fill_(self.mask_last_n)
-        log.info("calibrated on validation: thresholds %s", self.cal_threshold.tolist())
+        log.info("calibrated on validation: thresholds %s", ", ".join(
+            f"{name} {float(self.cal_threshold[i]):.6g} "
+            f"({'percentile' if self.cal_percentile_rule[i] else t['method']})"
+            for i, name in enumerate(SCORE_TYPES) if name in scores))
 
     # ---- pipeline interface (maelab.lit.base) -------------------------------------------------
     @property
