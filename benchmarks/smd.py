@@ -57,7 +57,32 @@ CSV_COLUMNS = ["machine", "method", "primary", *COLUMNS, "precision", "recall", 
 # debug=fast limits (a few training batches, one epoch), a tiny network, the whole test split
 FAST = ["debug=fast", "trainer.limit_test_batches=1.0", "data.batch_size=128",
         "model.net.d_model=32", "model.net.encoder_depth=1", "model.net.teacher_depth=2"]
-QUIET = ["callbacks.progress_bar=null", "++trainer.enable_progress_bar=false"]
+# Lightning's bar would fight the benchmark's display; `EpochProgress` shows training there instead
+QUIET = ["callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
+         "+callbacks.epoch_progress._target_=benchmarks.smd.EpochProgress"]
+
+
+class EpochProgress(L.Callback):
+    """The training steps of the machine being trained, as a task of the benchmark's display."""
+
+    progress: Progress | None = None  # the benchmark's live display, while `run` shows it
+
+    def __init__(self) -> None:
+        self._task = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.progress is not None:
+            self._task = self.progress.add_task("  training", total=trainer.estimated_stepping_batches)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._task is not None:
+            self.progress.update(self._task, completed=trainer.global_step, description=(
+                f"  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._task is not None:
+            self.progress.remove_task(self._task)
+            self._task = None
 
 
 def compose_config(overrides: Sequence[str], out_dir: Path | None = None,
@@ -117,7 +142,7 @@ def benchmark_machine(cfg: DictConfig, baselines: Sequence[str]) -> list[dict[st
     """Train and test SD-MAE with `cfg` (one machine), then the baselines on the same points."""
     machine = str(cfg.data.machine)
     start = time.perf_counter()
-    metrics, objects = train(cfg)
+    metrics, objects = train(cfg, print_table=False)  # `run` prints it beside the baselines
     seconds = time.perf_counter() - start
     dm = objects["datamodule"]
     log.info("%s: SD-MAE trained with the discrepancy loss in its %s mode", machine,
@@ -291,13 +316,14 @@ def run(argv: Sequence[str] | None = None, console: Console | None = None) -> pd
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    columns = (TextColumn("[bold]SMD benchmark"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
     try:
         with Progress(*columns, console=console) as progress:
-            task = progress.add_task("", total=len(machines))
+            EpochProgress.progress = progress
+            task = progress.add_task("[bold]SMD benchmark", total=len(machines))
             for machine in machines:
-                progress.update(task, description=machine)
+                progress.update(task, description=f"[bold]SMD benchmark[/] {machine}")
                 cfg = compose_config([*overrides, *QUIET, f"data.machine={machine}"], out / machine)
                 machine_rows = benchmark_machine(cfg, args.baselines)
                 rows += machine_rows
@@ -305,6 +331,7 @@ def run(argv: Sequence[str] | None = None, console: Console | None = None) -> pd
                 progress.advance(task)
         wall_s = time.perf_counter() - start
     finally:
+        EpochProgress.progress = None
         torch.set_num_threads(threads)
     table = summarize(rows)
     console.print(rich_table(table[table["machine"] == "mean"],
