@@ -10,4 +10,5 @@ the suite (`__main__`, `make bench`) runs them all, prints one table and writes 
     hydro_loader      hydrology windows: prepared store vs compressed NetCDF
     hydro_step        hydrology loader batch vs MM-MAE training step
     memory            peak RSS reading a 1-year vs a 4-year hydrology store
+    config_error      CPU seconds from `python train.py <bad setting>` to its message
 """

@@ -56,6 +56,7 @@ SUITE: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "memory": ("benchmarks.memory", {},
                {"years": [1, 2], "windows": 16, "seq_len": 30, "concurrent": True,
                 "prepare_here": True}),
+    "config_error": ("benchmarks.config_error", {}, {"repeats": 1, "warmup": 0}),
 }
 
 
@@ -165,6 +166,12 @@ def _rows_of(name: str, r: dict[str, Any]) -> list[Row]:
                     f"batch of {r['settings']['batch_size']}: loader {r['loader_batch_s'] * 1e3:.0f} ms"
                     f" · step {r['step_s'] * 1e3:.0f} ms",
                     f"loader {r['step_over_loader']:.0f}× faster", "≥ 5×", r["step_over_loader"] >= 5)]
+    if name == "config_error":
+        return [row(f"Config error · {r['settings']['override']}",
+                    f"{r['cpu_s']:.2f} s CPU to the message · importing the pipeline "
+                    f"{r['import_pipeline_cpu_s']:.2f} s",
+                    f"{r['import_over_error']:.1f}× less than the import alone", "≤ 3 s CPU",
+                    r["cpu_s"] <= 3.0)]
     ys = r["settings"]["years"]  # memory
     lo, hi = (r[f"{y}y"] for y in (min(ys), max(ys)))
     q = r["ratios"]

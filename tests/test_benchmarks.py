@@ -46,6 +46,7 @@ def test_quick_suite_writes_every_benchmark(quick):
         "mfu": b["mfu"]["mfu"] >= 0.30,
         "hydro_step": b["hydro_step"]["step_over_loader"] >= 5,
         "memory": b["memory"]["ratios"]["peak_anon_mb"] <= 1.1,
+        "config_error": b["config_error"]["cpu_s"] <= 3.0,
     }
     assert [t["benchmark"] for t in quick["targets"]] == list(judged)
     for target in quick["targets"]:
@@ -72,6 +73,8 @@ def test_quick_suite_figures(quick):
         assert _finite_positive(mem[f"{y}y"]["read"]["peak_anon_mb"])
         assert mem[f"{y}y"]["read"]["windows"] >= mem["settings"]["windows"]
     assert mem["ratios"]["store_mb"] > 1.5  # the larger archive really is larger
+    err = b["config_error"]
+    assert _finite_positive(err["cpu_s"]) and _finite_positive(err["import_pipeline_cpu_s"])
 
 
 def test_analytic_flops_match_the_counter():
