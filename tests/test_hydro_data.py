@@ -10,7 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
-import maelab.data.hydro.datamodule as hdm
+import maelab.data.hydro.assemble as assemble
 import maelab.data.hydro.sources.base as sources
 from maelab.core.errors import ConfigError, DataError
 from maelab.data.hydro.datamodule import HydroDataModule
@@ -195,7 +195,7 @@ def test_store_cached_and_reused(source: tuple[Path, xr.Dataset], dm: HydroDataM
     def fail(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("source reopened although the store is cached")
 
-    monkeypatch.setattr(hdm, "open_source", fail)
+    monkeypatch.setattr(assemble, "open_source", fail)
     again = HydroDataModule(**_kw(source[0], dm.cache_dir, seq_len=10))
     again.prepare_data()
     assert again.store.path == dm.store.path
