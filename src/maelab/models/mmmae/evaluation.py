@@ -28,7 +28,6 @@ import pandas as pd
 import torch
 
 from maelab.core.io import atomic_write_text
-
 from maelab.data.contracts import HydroInfo
 from maelab.data.hydro.store import PreparedStore
 from maelab.models.mmmae.loss import patch_stats
