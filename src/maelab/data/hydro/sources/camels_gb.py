@@ -77,8 +77,9 @@ class CamelsGBSource(HydroSource):
             series = sorted(root.glob(TIMESERIES_GLOB)) or sorted(
                 (root / "timeseries").glob(TIMESERIES_GLOB))
             if series:
-                return {"kind": "official", "series": series,
-                        "attributes": sorted(root.glob(ATTRIBUTES_GLOB))}
+                tables = sorted(root.glob(ATTRIBUTES_GLOB),  # topographic first: names, places
+                                key=lambda p: ("_topographic_" not in p.name, p.name))
+                return {"kind": "official", "series": series, "attributes": tables}
             root = root / CAMELS_FILE
         if root.is_file():
             gauges = root.parent / GAUGES_FILE
@@ -143,15 +144,20 @@ class CamelsGBSource(HydroSource):
         return index, ids, data
 
     def open(self, land_mask: np.ndarray | None) -> xr.Dataset:
-        dates, ids, data = self._series()
         where = str(self.spec.root)
-        coords: dict[str, Any] = {"time": dates.to_numpy(), "catchment": np.array(ids)}
-        units = {**UNITS, **self.spec.units}
-        variables: dict[str, Any] = {
-            v: (("time", "catchment"), a, {"units": units[v]} if v in units else {})
-            for v, a in data.items()}
-        if self.layout["attributes"]:
-            table = _read_attributes(self.layout["attributes"]).reindex(ids)
+        variables: dict[str, Any] = {}
+        table = _read_attributes(self.layout["attributes"]) if self.layout["attributes"] else None
+        if self.spec.timed:
+            dates, ids, data = self._series()
+            coords: dict[str, Any] = {"time": dates.to_numpy(), "catchment": np.array(ids)}
+            units = {**UNITS, **self.spec.units}
+            variables |= {v: (("time", "catchment"), a, {"units": units[v]} if v in units else {})
+                          for v, a in data.items()}
+        else:  # attributes only: their gauges
+            ids = [] if table is None else list(table.index)
+            coords = {"catchment": np.array(ids)}
+        if table is not None:
+            table = table.reindex(ids)
             if "gauge_name" in table.columns:
                 coords["gauge_name"] = ("catchment", table["gauge_name"].fillna("").to_numpy(str))
             if self.spec.static is not None:
