@@ -91,7 +91,7 @@ class MaskingConfig:
     enabled: bool = True  # false: nothing hidden (encoder features)
     ratio: float = 0.75  # share of valid patches (per day) and of days hidden
     series: str = "shared"  # shared: one day mask for every series | independent: one each
-    series_modes: dict[str, str] = field(default_factory=dict)  # per series (SERIES_MASKS);
+    series_modes: dict[str, str] | None = None  # per series (SERIES_MASKS; null: none listed);
     # unlisted: random_days (round(ratio × T) days) | all (every day) | contiguous (one gap of
     # gap_days days) | visible (never hidden: an input only)
     gap_days: int = 14  # contiguous: length of the gap hidden in each window
@@ -99,6 +99,7 @@ class MaskingConfig:
     def __post_init__(self) -> None:
         one_of("strategy", self.strategy, STRATEGIES)
         one_of("series", self.series, SERIES_MODES)
+        self.series_modes = dict(self.series_modes or {})
         for name, mode in self.series_modes.items():
             one_of(f"series_modes.{name}", mode, SERIES_MASKS)
         positive_int("gap_days", self.gap_days)
