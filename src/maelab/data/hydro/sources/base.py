@@ -246,15 +246,6 @@ def check_grid(da: xr.DataArray, var: str, key: str, y: str, x: str, where: str)
                 "EPSG:27700): regrid the data or fix the coordinates")
 
 
-def source_days(ds: xr.Dataset, spec: SourceSpec) -> np.ndarray:
-    """(n_source_steps,) datetime64[D] dates of the source, checked strictly increasing."""
-    days = ds[spec.dim("time")].values.astype("datetime64[D]")
-    if days.size == 0 or (np.diff(days.astype(np.int64)) <= 0).any():
-        raise DataError(f"{spec.where}: time axis `{spec.dim('time')}` must hold strictly "
-                        "increasing, distinct days")
-    return days
-
-
 def static_names(ds: xr.Dataset, spec: SourceSpec) -> list[str]:
     """Names of the source's static attributes (`attr_<i>` without an attribute coordinate)."""
     if spec.static is None:
