@@ -30,7 +30,8 @@ def _compose(overrides: list[str]) -> Any:
         return compose("train", overrides=overrides)
 
 
-@pytest.mark.parametrize("data", ["hydro_synthetic", "haduk_rainfall", "camels_gb"])
+@pytest.mark.parametrize("data", ["hydro_synthetic", "haduk_rainfall", "camels_gb", "haduk_camels",
+                                  "camels_gb_official"])
 @pytest.mark.parametrize("masking", ["unified", "independent"])
 def test_configs_compose(data: str, masking: str) -> None:
     cfg = _compose([f"data={data}", f"masking={masking}", "masking_ratio=0.75", "debug=fast"])
@@ -66,3 +67,20 @@ def test_synthetic_default_instantiates_and_reuses_cache(tmp_path: Path,
     again = instantiate(_compose(overrides).data)
     again.prepare_data()
     assert again.store.path == dm.store.path
+
+
+def test_camels_gb_official_config_on_the_official_layout(tmp_path: Path) -> None:
+    from tests.test_hydro_sources import GAUGES, write_camels_official
+
+    root = write_camels_official(tmp_path / "camels", subfolder=True)
+    cfg = _compose(["data=camels_gb_official", "debug=fast", f"data.root={root}",
+                    f"data.cache_dir={tmp_path / 'c'}", "data.options.attributes=null",
+                    "data.seq_len=20", *[f"data.splits.{k}.{e}={v}" for k, e, v in (
+                        ("train", "start", "2001-01-01"), ("train", "end", "2001-02-28"),
+                        ("val", "start", "2001-03-01"), ("val", "end", "2001-03-31"),
+                        ("test", "start", "2001-04-01"), ("test", "end", "2001-04-30"))]])
+    dm = instantiate(cfg.data)
+    b = next(iter(dm.val_dataloader()))
+    assert b["present"]["evaporation"].all() and b["series_valid"]["evaporation"].all()  # pet
+    assert sorted(dm.catchment_ids) == sorted(GAUGES) and torch.isfinite(b["location"]).all()
+    assert not any(dm.present[g] for g in dm.grid_names)

@@ -10,10 +10,10 @@ import pytest
 import torch
 import xarray as xr
 
-import maelab.data.hydro.datamodule as hdm
+import maelab.data.hydro.assemble as assemble
 import maelab.data.hydro.sources.base as sources
 from maelab.core.errors import ConfigError, DataError
-from maelab.data.hydro.datamodule import HydroDataModule
+from maelab.data.hydro.datamodule import GRID_NAMES, HydroDataModule
 from maelab.data.hydro.sources.synthetic import generate_hydrology, write_dataset
 from maelab.models.mmmae.config import MaskingConfig
 from maelab.models.mmmae.masking import with_masks
@@ -195,8 +195,8 @@ def test_preparation_shows_its_progress(source: tuple[Path, xr.Dataset], tmp_pat
 
     monkeypatch.setattr(store, "Progress", Recorded)
     HydroDataModule(**_kw(source[0], tmp_path / "cache")).prepare_data()
-    assert tasks[0][0] == "hydro source `netcdf`: opening"
-    assert [d for d, _ in tasks[1:]] == [f"hydro store: {g}" for g in hdm.GRID_NAMES]
+    assert tasks[0][0].startswith("hydro data ") and tasks[0][0].endswith(": opening")
+    assert [d for d, _ in tasks[1:]] == [f"hydro store: {g}" for g in GRID_NAMES]
     assert all(total and total >= 1 for _, total in tasks[1:])
 
 
@@ -239,7 +239,7 @@ def test_store_cached_and_reused(source: tuple[Path, xr.Dataset], dm: HydroDataM
     def fail(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("source reopened although the store is cached")
 
-    monkeypatch.setattr(hdm, "open_source", fail)
+    monkeypatch.setattr(assemble, "open_source", fail)
     again = HydroDataModule(**_kw(source[0], dm.cache_dir, seq_len=10))
     again.prepare_data()
     assert again.store.path == dm.store.path

@@ -91,3 +91,36 @@ def test_bad_masking_config_names_the_key(cfg: dict, key: str) -> None:
 def test_ratio_hiding_all_patches_is_rejected() -> None:
     with pytest.raises(ConfigError, match="masking.ratio"):
         grid_masks(_noise(2), MaskingConfig(ratio=0.999), 9, 94, GRIDS)
+
+
+def test_series_modes_all_visible_contiguous() -> None:
+    series = ["evaporation", "riverflow", "catchment_precipitation"]
+    base = series_masks(_noise(6), MaskingConfig(), 30, series)
+    cfg = MaskingConfig(series_modes={"riverflow": "contiguous", "evaporation": "visible",
+                                      "catchment_precipitation": "random_days"}, gap_days=9)
+    m = series_masks(_noise(6), cfg, 30, series)
+    assert not m["evaporation"].any()  # an input only
+    assert torch.equal(m["catchment_precipitation"], base["catchment_precipitation"])  # unchanged
+    gap = m["riverflow"]
+    assert (gap.sum(-1) == 9).all()  # one run of 9 days in every window …
+    assert ((gap[:, 1:] & ~gap[:, :-1]).sum(-1) + gap[:, 0] == 1).all()  # … contiguous
+    assert len({int(r.float().argmax()) for r in gap}) > 1  # at different places
+    again = series_masks(_noise(6), cfg, 30, series)["riverflow"]
+    assert torch.equal(gap, again)  # fixed per window
+    hide = series_masks(_noise(6), MaskingConfig(series_modes={"riverflow": "all"}), 30, series)
+    assert hide["riverflow"].all() and torch.equal(hide["evaporation"], base["evaporation"])
+    ind = MaskingConfig(series="independent", series_modes=dict.fromkeys(series, "contiguous"))
+    gaps = series_masks(_noise(6), ind, 30, series)
+    assert not torch.equal(gaps["riverflow"], gaps["evaporation"])
+    shared = MaskingConfig(series_modes=dict.fromkeys(series, "contiguous"))
+    gaps = series_masks(_noise(6), shared, 30, series)
+    assert torch.equal(gaps["riverflow"], gaps["evaporation"])
+
+
+@pytest.mark.parametrize(("cfg", "key"), [
+    ({"series_modes": {"riverflow": "gaps"}}, "series_modes.riverflow"),
+    ({"gap_days": 0}, "gap_days"),
+])
+def test_bad_series_modes_name_the_key(cfg: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        MaskingConfig(**cfg)

@@ -9,13 +9,18 @@ import pytest
 import torch
 
 from maelab.scoring.hydro_metrics import (
+    FLOW_SCORES,
     ErrorSums,
     daily_climatology,
     day_of_year,
     denormalise,
     distribution,
+    fhv,
+    flv,
     interpolate_days,
     kge,
+    kge_parts,
+    log_nse,
     neighbour_mean,
     nse,
     per_group_scores,
@@ -98,3 +103,43 @@ def test_neighbour_mean_uses_nearest_known_ring() -> None:
     assert out[0, 0].item() == pytest.approx(3.0)
     assert out[0, 4].item() == pytest.approx((3.0 + 5.0 + 7.0) / 3)
     assert out[0, 1].item() == pytest.approx(5.0)  # the patch itself is excluded
+
+
+def test_kge_components_and_log_nse_match_their_definitions() -> None:
+    rng = np.random.default_rng(0)
+    obs = np.exp(rng.normal(0, 1, 200))  # skewed like flows
+    sim = 0.8 * obs + 0.3 + rng.normal(0, 0.2, 200)
+    p = kge_parts(sim, obs)
+    r = np.corrcoef(sim, obs)[0, 1]
+    alpha, beta = sim.std() / obs.std(), sim.mean() / obs.mean()
+    assert p["kge_r"] == pytest.approx(r) and p["kge_alpha"] == pytest.approx(alpha)
+    assert p["kge_beta"] == pytest.approx(beta)
+    assert p["kge"] == pytest.approx(1 - math.sqrt((r - 1) ** 2 + (alpha - 1) ** 2 + (beta - 1) ** 2))
+    eps = 0.01 * obs.mean()
+    lo, ls = np.log(obs + eps), np.log(np.maximum(sim, 0) + eps)
+    assert log_nse(sim, obs) == pytest.approx(1 - ((ls - lo) ** 2).sum() / ((lo - lo.mean()) ** 2).sum())
+    assert log_nse(obs, obs) == 1.0 and fhv(obs, obs) == 0.0 and flv(obs, obs) == 0.0
+
+
+def test_flow_duration_curve_biases() -> None:
+    obs = np.arange(1.0, 101.0)  # 100 flows: the top 2 % are 100 and 99
+    sim = obs.copy()
+    sim[[98, 99]] = [49.5, 50.0]  # peaks halved: the simulated top 2 % are then 98 and 97
+    assert fhv(sim, obs) == pytest.approx((98 + 97 - 100 - 99) / (100 + 99) * 100)
+    assert fhv(obs * 1.1, obs) == pytest.approx(10.0)  # FDC sorted separately: order ignored
+    assert fhv(obs[::-1] * 1.1, obs) == pytest.approx(10.0)
+    # FLV: lowest 30 % in log space, relative to the minimum; low flows flattened → positive
+    low = np.log(obs[:30])
+    want = (low - low.min()).sum()
+    flat = obs.copy()
+    flat[:30] = np.exp(low.min() + 0.5 * (low - low.min()))  # log range halved
+    assert flv(flat, obs) == pytest.approx(-(0.5 * want - want) / want * 100)  # +50 %
+    assert math.isnan(fhv(obs[:10], obs[:10]))  # top 2 % of 10 values: none
+
+
+def test_per_group_scores_hold_every_flow_score() -> None:
+    obs = np.abs(np.sin(np.arange(60.0))).reshape(2, 30) + 0.1
+    sc = per_group_scores(obs * 1.2, obs, np.ones_like(obs, dtype=bool), np.array([3, 3]))
+    assert set(FLOW_SCORES) <= set(sc) and sc["n"].tolist() == [60]
+    assert sc["kge_beta"][0] == pytest.approx(1.2) and sc["kge_r"][0] == pytest.approx(1.0)
+    assert sc["fhv"][0] == pytest.approx(20.0)

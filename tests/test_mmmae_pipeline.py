@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import open_dict
 
@@ -56,6 +58,24 @@ def test_fast_training_writes_metrics_checkpoints_and_figures(trained: tuple[dic
         assert rows[f"riverflow / {method}"]["n"] == rows["riverflow / mmmae"]["n"]
     assert "nse_median" in rows["riverflow (all days hidden) / mmmae"]
     assert on_disk["distributions"]["riverflow / mmmae"]["nse"]["n"] == 3  # catchments
+    # infilling with full forcings: riverflow alone on every day, and a 7-day gap (a 30-day
+    # gap does not fit 15-day windows: not run, not recorded)
+    for method in ("mmmae", "climatology"):
+        assert rows[f"riverflow (alone, all days hidden) / {method}"]["n"] > 0
+    gap = rows["riverflow (alone, 7-day gap) / interpolation"]
+    assert gap["n"] == 7 * 3 and gap["units"] == "mm/day"  # one window per catchment
+    assert not any("30-day" in r for r in rows)
+    assert on_disk["settings"]["cross_modal"] == "riverflow"
+    assert on_disk["settings"]["infilling"] == ["alone", "gap7"]
+    for key in ("kge_r_median", "kge_alpha_median", "kge_beta_median", "log_nse_median",
+                "fhv_median", "flv_median"):
+        assert key in rows["riverflow / mmmae"]
+    assert on_disk["units"]["temperature"] == "degC" and rows["precipitation / mmmae"]["units"] == "mm/day"
+    table = pd.read_csv(out / "catchments.csv", dtype={"catchment_id": str})
+    mine = table[table.row == "riverflow / mmmae"]
+    assert sorted(mine.catchment_id) == ["0", "1", "2"] and (mine.n > 0).all()
+    assert np.allclose(mine.nse.to_numpy(), on_disk["distributions"]["riverflow / mmmae"][
+        "per_catchment"]["nse"], equal_nan=True)
     for name in ("best.ckpt", "last.ckpt"):
         assert (out / "checkpoints" / name).exists()
     for fig in ("map_precipitation", "map_soil_moisture", "map_temperature", "hydrograph"):
@@ -67,7 +87,9 @@ def test_evaluate_reproduces_training_metrics(trained: tuple[dict, Path]) -> Non
     again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}"]))
     for row, values in metrics["test"].items():
         for key, value in values.items():
-            if not (isinstance(value, float) and math.isnan(value)):
+            if isinstance(value, str):  # units
+                assert again["test"][row][key] == value
+            elif not (isinstance(value, float) and math.isnan(value)):
                 assert again["test"][row][key] == pytest.approx(value, rel=1e-5, abs=1e-8), (row, key)
     assert (out / "eval" / "metrics.json").exists()
     assert (out / "eval" / "figures" / "hydrograph.png").stat().st_size > 0
@@ -91,9 +113,12 @@ def test_perfect_reconstruction_gives_nse_one_and_rmse_zero(tmp_path: Path, cach
     rows = module.summary()["test"]
     for g in GRID_ROWS:
         assert rows[f"{g} / mmmae"]["rmse"] == 0.0 and rows[f"{g} / mmmae"]["mae"] == 0.0
-    for key in ("riverflow / mmmae", "evaporation / mmmae", "riverflow (all days hidden) / mmmae"):
+    for key in ("riverflow / mmmae", "evaporation / mmmae", "riverflow (all days hidden) / mmmae",
+                "riverflow (alone, all days hidden) / mmmae", "riverflow (alone, 7-day gap) / mmmae"):
         assert rows[key]["rmse"] == 0.0 and rows[key]["nse_median"] == pytest.approx(1.0)
         assert rows[key]["kge_median"] == pytest.approx(1.0)
+        assert rows[key]["log_nse_median"] == pytest.approx(1.0) and rows[key]["flv_median"] == 0.0
+        assert math.isnan(rows[key]["fhv_median"])  # top 2 % of ≤ 15 days per catchment: none
     assert rows["riverflow / interpolation"]["nse_median"] < 1.0
 
 
@@ -103,12 +128,25 @@ def test_absent_modalities_train_and_evaluate(tmp_path: Path, cache: str) -> Non
     metrics, _ = train(compose_cfg("train", [*SMALL, cache, *absent], tmp_path / "absent"))
     rows = metrics["test"]
     assert not any(r.startswith(("soil_moisture", "evaporation")) for r in rows)
+    assert metrics["settings"]["cross_modal"] == "riverflow"
     assert rows["precipitation / mmmae"]["n"] > 0 and rows["riverflow / mmmae"]["n"] > 0
     assert (tmp_path / "absent" / "figures" / "hydrograph.png").exists()
     assert not (tmp_path / "absent" / "figures" / "map_soil_moisture.png").exists()
 
 
+def test_only_the_tests_that_ran_are_recorded(tmp_path: Path, cache: str) -> None:
+    """Without riverflow there is no cross-modal or infilling test, and the record says so."""
+    out = tmp_path / "noflow"
+    metrics, _ = train(compose_cfg("train", [*SMALL, cache, "data.series.riverflow=null",
+                                             "data.log_series=[]"], out))
+    assert not any(r.startswith("riverflow") for r in metrics["test"])
+    assert metrics["settings"]["cross_modal"] is None and metrics["settings"]["infilling"] is None
+    assert (out / "catchments.csv").exists()
+
+
 @pytest.mark.parametrize(("overrides", "key"), [
+    (["masking.series_modes={flow: all}"], "masking.series_modes.flow"),
+    (["masking.series_modes={riverflow: contiguous}", "masking.gap_days=90"], "masking.gap_days"),
     (["model.net.temporal_patch=7"], "model.net.temporal_patch"),
     (["masking_ratio=0.999"], "masking_ratio"),
     (["masking.strategy=patch"], "masking"),

@@ -9,6 +9,7 @@ Run directory layout:
     .hydra/config.yaml          the composed config (written by Hydra, or here when composed)
     checkpoints/{best,last}.ckpt
     metrics.json, figures/*.png (train) ; eval/metrics.json, eval/figures/*.png (evaluate.py)
+    tables the model writes (e.g. catchments.csv) beside metrics.json
 """
 
 from __future__ import annotations
@@ -251,6 +252,7 @@ def evaluate_checkpoint(
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         atomic_write_json(out_dir / "metrics.json", metrics)
         _log_figures(trainer.loggers, module.write_figures(dm, out_dir / "figures"))
+        module.write_tables(dm, out_dir)
         if print_table:
             print_metrics_table(metrics)
     return metrics

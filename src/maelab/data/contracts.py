@@ -8,7 +8,7 @@ the model rebuilds the family's class from it (`SeriesInfo(**data_info)`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class HydroInfo(DataInfo):
     n_static: int  # A: static attributes per catchment
     static_names: list[str]
     stats: dict[str, dict[str, float | bool]]  # per present modality: mean, std, log (training)
+    units: dict[str, str] = field(default_factory=dict)  # per present modality, after denormalise
 
 
 class SeriesBatch(TypedDict):

@@ -66,6 +66,11 @@ class MaeModule(L.LightningModule):
         """Write PNGs of the last test into `out_dir`; return them by name (none by default)."""
         return {}
 
+    def write_tables(self, datamodule: L.LightningDataModule, out_dir: str | Path) -> list[Path]:
+        """Write tables (CSV) of the last test into `out_dir`; return their paths (none by
+        default)."""
+        return []
+
     # ---- shared training plumbing -------------------------------------------------------------
     def configure_optimizers(self) -> dict:
         """AdamW + linear warm-up + cosine decay over the run's optimiser steps."""

@@ -1,6 +1,12 @@
-"""Hydrology reconstruction metrics (RMSE, MAE, NSE, KGE) and the simple baselines they are
-compared with: daily climatology, linear interpolation across hidden days, spatial mean of the
-visible neighbouring patches.
+"""Hydrology reconstruction metrics and the simple baselines they are compared with: daily
+climatology, linear interpolation across hidden days, spatial mean of the visible neighbouring
+patches.
+
+Metrics: RMSE, MAE; per catchment NSE, KGE (Gupta et al. 2009) with its components r, α, β (NSE
+and KGE from HydroErr), NSE of log flows (log(Q + ε), ε = 1 % of the mean observed flow, as
+Pushpalatha et al. 2012), and the flow-duration-curve biases of Yilmaz et al. (2008): FHV, the %
+bias of the highest 2 % of flows, and FLV, the % bias of the lowest 30 % in log space (as in
+NeuralHydrology: values ≤ 0 become 1e-6 before the log).
 
 Arrays are numpy (float64 for sums); NaN marks "no value". Scores that are undefined (fewer than
 two values, constant observations) come out NaN and are left out of the summaries.
@@ -11,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import HydroErr as he
 import numpy as np
 import torch
 from scipy.ndimage import uniform_filter1d
@@ -30,42 +37,99 @@ def denormalise(x: torch.Tensor, stats: Mapping[str, Any]) -> torch.Tensor:
     return torch.expm1(y) if stats["log"] else y
 
 
+FLOW_SCORES = ("nse", "kge", "kge_r", "kge_alpha", "kge_beta", "log_nse", "fhv", "flv")
+
+
+def _pair(sim: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(sim, np.float64).ravel(), np.asarray(obs, np.float64).ravel()
+
+
 def nse(sim: np.ndarray, obs: np.ndarray) -> float:
     """Nash-Sutcliffe efficiency 1 − Σ(sim − obs)² / Σ(obs − mean obs)²; NaN if undefined."""
-    sim, obs = np.asarray(sim, np.float64), np.asarray(obs, np.float64)
-    denom = ((obs - obs.mean()) ** 2).sum() if obs.size else 0.0
-    if obs.size < 2 or denom <= 0:
+    sim, obs = _pair(sim, obs)
+    if obs.size < 2 or obs.std() <= 0:
         return float("nan")
-    return float(1.0 - ((sim - obs) ** 2).sum() / denom)
+    return float(he.nse(sim, obs))
+
+
+def kge_parts(sim: np.ndarray, obs: np.ndarray) -> dict[str, float]:
+    """KGE = 1 − √((r − 1)² + (α − 1)² + (β − 1)²) with r the correlation, α = σ_sim/σ_obs,
+    β = μ_sim/μ_obs (Gupta et al. 2009, HydroErr `kge_2009`): {kge, kge_r, kge_alpha,
+    kge_beta}, NaN where undefined."""
+    sim, obs = _pair(sim, obs)
+    nan = float("nan")
+    if obs.size < 2 or obs.std() <= 0 or obs.mean() == 0:
+        return {"kge": nan, "kge_r": nan, "kge_alpha": nan, "kge_beta": nan}
+    if sim.std() <= 0:  # no correlation: KGE undefined, α and β still say something
+        return {"kge": nan, "kge_r": nan, "kge_alpha": 0.0,
+                "kge_beta": float(sim.mean() / obs.mean())}
+    r, alpha, beta, k = he.kge_2009(sim, obs, return_all=True)
+    return {"kge": float(k), "kge_r": float(r), "kge_alpha": float(alpha), "kge_beta": float(beta)}
 
 
 def kge(sim: np.ndarray, obs: np.ndarray) -> float:
-    """Kling-Gupta efficiency 1 − √((r − 1)² + (α − 1)² + (β − 1)²), α = σ_sim/σ_obs,
-    β = μ_sim/μ_obs (Gupta et al. 2009); NaN if undefined."""
-    sim, obs = np.asarray(sim, np.float64), np.asarray(obs, np.float64)
-    if obs.size < 2 or obs.std() <= 0 or sim.std() <= 0 or obs.mean() == 0:
+    """Kling-Gupta efficiency (`kge_parts`); NaN if undefined."""
+    return kge_parts(sim, obs)["kge"]
+
+
+def log_nse(sim: np.ndarray, obs: np.ndarray) -> float:
+    """NSE of log(Q + ε), ε = 1 % of the mean observed flow (negative values count as 0)."""
+    sim, obs = _pair(sim, obs)
+    if obs.size < 2 or obs.mean() <= 0:
         return float("nan")
-    r = np.corrcoef(sim, obs)[0, 1]
-    alpha, beta = sim.std() / obs.std(), sim.mean() / obs.mean()
-    return float(1.0 - np.sqrt((r - 1) ** 2 + (alpha - 1) ** 2 + (beta - 1) ** 2))
+    eps = 0.01 * obs.mean()
+    return nse(np.log(np.maximum(sim, 0) + eps), np.log(np.maximum(obs, 0) + eps))
+
+
+def fhv(sim: np.ndarray, obs: np.ndarray, share: float = 0.02) -> float:
+    """% bias of the high-flow segment of the flow duration curve: the `share` highest flows of
+    each series, Σ(sim_h − obs_h) / Σ obs_h × 100; NaN when the segment is empty."""
+    sim, obs = _pair(sim, obs)
+    n = int(np.round(share * obs.size))
+    top_o, top_s = np.sort(obs)[::-1][:n], np.sort(sim)[::-1][:n]
+    if n == 0 or top_o.sum() <= 0:
+        return float("nan")
+    return float((top_s - top_o).sum() / top_o.sum() * 100)
+
+
+def flv(sim: np.ndarray, obs: np.ndarray, share: float = 0.3) -> float:
+    """% bias of the low-flow segment (the `share` lowest flows) in log space, relative to its
+    minimum: −(Σ(log s − log s_min) − Σ(log o − log o_min)) / Σ(log o − log o_min) × 100; values
+    ≤ 0 become 1e-6 first. NaN when the segment is empty or flat."""
+    sim, obs = _pair(sim, obs)
+    n = int(np.round(share * obs.size))
+    if n < 2:
+        return float("nan")
+    low_o = np.log(np.maximum(np.sort(obs)[:n], 1e-6))
+    low_s = np.log(np.maximum(np.sort(sim)[:n], 1e-6))
+    qol, qsl = (low_o - low_o.min()).sum(), (low_s - low_s.min()).sum()
+    if qol <= 0:
+        return float("nan")
+    return float(-(qsl - qol) / qol * 100)
+
+
+def flow_scores(sim: np.ndarray, obs: np.ndarray) -> dict[str, float]:
+    """Every score of FLOW_SCORES for one catchment's pooled values."""
+    return {"nse": nse(sim, obs), **kge_parts(sim, obs), "log_nse": log_nse(sim, obs),
+            "fhv": fhv(sim, obs), "flv": flv(sim, obs)}
 
 
 def per_group_scores(sim: np.ndarray, obs: np.ndarray, select: np.ndarray,
                      groups: np.ndarray) -> dict[str, np.ndarray]:
-    """NSE and KGE per group (catchment) over the selected values of all its windows.
+    """FLOW_SCORES per group (catchment) over the selected values of all its windows.
 
     sim, obs, select (W, T) per window; groups (W,) the window's catchment.
-    Returns {"group": (K,), "nse": (K,), "kge": (K,), "n": (K,)} over groups with a selection.
+    Returns {"group": (K,), <score>: (K,) …, "n": (K,)} over groups with a selection.
     """
-    out: dict[str, list] = {"group": [], "nse": [], "kge": [], "n": []}
+    out: dict[str, list] = {"group": [], **{k: [] for k in FLOW_SCORES}, "n": []}
     for g in np.unique(groups):
         rows = groups == g
         s, o = sim[rows][select[rows]], obs[rows][select[rows]]
         if o.size == 0:
             continue
         out["group"].append(int(g))
-        out["nse"].append(nse(s, o))
-        out["kge"].append(kge(s, o))
+        for k, v in flow_scores(s, o).items():
+            out[k].append(v)
         out["n"].append(int(o.size))
     return {k: np.asarray(v) for k, v in out.items()}
 

@@ -45,15 +45,10 @@ from torch.utils.data import DataLoader
 from maelab.core.checks import positive_int
 from maelab.core.errors import ConfigError, DataError
 from maelab.data.contracts import HydroInfo
+from maelab.data.hydro.assemble import STATIC, SourceSet, parse_missing
 from maelab.data.hydro.collate import HydroCollate, HydroWindowDataset
 from maelab.data.hydro.layout import PatchLayout, check_patch_size, lat_lon_to_patch, load_land_mask
-from maelab.data.hydro.sources import (
-    SourceSpec,
-    open_source,
-    source_days,
-    source_for,
-    static_names,
-)
+from maelab.data.hydro.sources import HydroSource
 from maelab.data.hydro.sources.base import check_splits_in_range
 from maelab.data.hydro.store import PreparedStore, prepare_cached
 from maelab.data.samplers import sharded_loader
@@ -69,6 +64,7 @@ DEFAULT_SPLITS = {
     "test": {"start": "2002-07-01", "end": "2002-12-31"},
 }
 _EPOCH = np.datetime64("1970-01-01", "D")
+MIN_EVAL_WINDOWS = 10  # fewer windows in a split: warned
 
 
 def as_plain(obj: Any) -> Any:
@@ -113,12 +109,13 @@ def _parse_splits(splits: Mapping[str, Any], seq_len: int) -> dict[str, tuple[np
 
 
 class HydroDataModule(L.LightningDataModule):
-    """Hydrology windows for MM-MAE from a registered source (`data.source`: synthetic, netcdf,
-    zarr, camels_gb; maelab.data.hydro.sources).
+    """Hydrology windows for MM-MAE from registered sources (`data.source`: synthetic, netcdf,
+    zarr, camels_gb; maelab.data.hydro.sources), one for everything or one per modality group
+    (`data.sources` naming `data.catalog` entries; maelab.data.hydro.assemble).
 
-    Cheap checks (patch size, land mask, splits, names, the source's own settings) run in
-    `__init__`; the source is opened and checked, then prepared into a cached store, in
-    `prepare_data`.
+    Cheap checks (patch size, land mask, splits, names, the sources' own settings) run in
+    `__init__`; the sources are opened, checked, converted to the model's units and aligned,
+    then prepared into a cached store, in `prepare_data`.
     """
 
     def __init__(
@@ -132,6 +129,12 @@ class HydroDataModule(L.LightningDataModule):
         dims: Mapping[str, str] | None = None,
         log_series: Sequence[str] = ("riverflow",),
         synthetic: Mapping[str, Any] | None = None,
+        units: Mapping[str, str] | None = None,
+        options: Mapping[str, Any] | None = None,
+        calendar_align: str | None = None,
+        sources: Mapping[str, str | None] | None = None,
+        catalog: Mapping[str, Mapping[str, Any]] | None = None,
+        missing: Sequence[Mapping[str, Any]] | None = None,
         land_mask: str | None = None,
         land_mask_var: str = "land_mask",
         patch_size: int = 10,
@@ -167,13 +170,14 @@ class HydroDataModule(L.LightningDataModule):
         self.layout = PatchLayout.build(load_land_mask(land_mask, land_mask_var), self.patch_size,
                                         land_threshold)
         self.splits = _parse_splits(as_plain(splits) or DEFAULT_SPLITS, self.seq_len)
-        self.spec = SourceSpec(
-            kind=source, root=None if root is None else str(root), grids=dict(grids),
-            series=dict(series), static=static, dims={**as_plain(dims or {})},
-            synthetic=dict(as_plain(synthetic) or {}),
-        )
-        self.source = source_for(self.spec)
-        self.source.check_settings(self.splits)
+        single = {"source": source, "root": None if root is None else str(root),
+                  "dims": {**as_plain(dims or {})}, "synthetic": dict(as_plain(synthetic) or {}),
+                  "units": dict(as_plain(units) or {}), "options": dict(as_plain(options) or {}),
+                  "calendar_align": calendar_align}
+        self.sources = SourceSet.build(single, as_plain(sources), as_plain(catalog), dict(grids),
+                                       dict(series), static)
+        self.sources.check_settings(self.splits)
+        self.missing = parse_missing(as_plain(missing), list(series))
         location = as_plain(location)
         if location is not None and not (
             isinstance(location, (list, tuple)) and len(location) == 2
@@ -182,7 +186,7 @@ class HydroDataModule(L.LightningDataModule):
             raise ConfigError("data.location", location,
                               "null or [latitude, longitude] static attribute names")
         self.location = None if location is None else tuple(location)
-        known = self.source.known_static_names()
+        known = self.sources.known_static_names()
         if known is not None:  # attribute names known without opening anything
             self._check_location(known)
         self.log_series = log_series
@@ -233,12 +237,30 @@ class HydroDataModule(L.LightningDataModule):
         """(P, p*p) bool land cells of each valid patch."""
         return self.layout.pixel_land
 
+    @property
+    def source(self) -> HydroSource | None:
+        """The one source (None when the modality groups come from several)."""
+        sources = list(self.sources.sources.values())
+        return sources[0] if len(sources) == 1 else None
+
     # -- store (prepared on first use) --------------------------------------------------------
     def _open_checked(self):
-        ds = open_source(self.spec, self.layout.land_mask)
-        days = source_days(ds, self.spec)
-        check_splits_in_range(self.splits, days[0], days[-1], self.spec.where)
-        self._check_location(static_names(ds, self.spec))  # before the long preparation
+        """The assembled sources, checked before the long preparation: splits within the
+        common dates, `data.location` names and a place for every catchment."""
+        ds = self.sources.open(self.layout.land_mask, self.missing)
+        days = ds["time"].values.astype("datetime64[D]")
+        check_splits_in_range(self.splits, days[0], days[-1], self.sources.where())
+        names = [str(v) for v in ds["attribute"].values] if STATIC in ds.data_vars else []
+        self._check_location(names)
+        if self.location is not None:
+            lat, lon = (ds[STATIC].sel(attribute=v).values for v in self.location)
+            bad = ~(np.isfinite(lat) & np.isfinite(lon))
+            if bad.any():
+                ids = [str(c) for c in ds["catchment"].values[bad]]
+                raise DataError(
+                    f"{self.sources.where('static')}: catchment(s) {', '.join(ids)} have no "
+                    f"coordinates ({', '.join(self.location)}); data.location places every "
+                    "catchment on the grid: add them, or set data.location=null")
         return ds
 
     def _check_location(self, names: list[str]) -> None:
@@ -252,8 +274,9 @@ class HydroDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Open, check and prepare the source into the cache (reused when already there)."""
         train = tuple(str(d) for d in self.splits["train"])
-        self._store_path = prepare_cached(self.spec, self.layout, train, self.log_series,
-                                          self.cache_dir, self._open_checked)
+        missing = [[m.series, m.catchment, str(m.start), str(m.end)] for m in self.missing]
+        self._store_path = prepare_cached(self.sources, self.layout, train, self.log_series,
+                                          self.cache_dir, self._open_checked, extra=missing)
 
     @property
     def store(self) -> PreparedStore:
@@ -262,7 +285,8 @@ class HydroDataModule(L.LightningDataModule):
             if self._store_path is None:
                 self.prepare_data()
             store = PreparedStore(self._store_path)
-            check_splits_in_range(self.splits, store.days[0], store.days[-1], self.spec.where)
+            check_splits_in_range(self.splits, store.days[0], store.days[-1],
+                                  self.sources.where())
             self._store = store
         return self._store
 
@@ -296,6 +320,16 @@ class HydroDataModule(L.LightningDataModule):
     def catchment_ids(self) -> list[str]:
         return list(self.store.meta["catchments"])
 
+    @property
+    def catchment_names(self) -> list[str]:
+        """Gauge name of each catchment ('' where the source has none)."""
+        return list(self.store.meta.get("catchment_names", [""] * len(self.catchment_ids)))
+
+    @property
+    def units(self) -> dict[str, str]:
+        """The model's unit of each present modality (physical values after `denormalise`)."""
+        return dict(self.store.meta.get("units", {}))
+
     def info(self) -> HydroInfo:
         """What a model needs to know about this data, in plain types (prepares the store on
         first use: the static attributes and statistics come from it)."""
@@ -312,6 +346,7 @@ class HydroDataModule(L.LightningDataModule):
             n_static=int(self.n_static), static_names=list(self.static_names),
             stats={k: {"mean": float(v["mean"]), "std": float(v["std"]), "log": bool(v["log"])}
                    for k, v in self.stats.items()},
+            units=self.units,
         )
 
     # -- windows and loaders ------------------------------------------------------------------
@@ -329,7 +364,7 @@ class HydroDataModule(L.LightningDataModule):
         win = np.stack([catchment[ok], starts[ok]], axis=1).astype(np.int64)
         if len(win) == 0:
             a, b = self.splits[split]
-            raise DataError(f"{self.spec.where}: split `{split}` ({a} … {b}) holds no "
+            raise DataError(f"{self.sources.where()}: split `{split}` ({a} … {b}) holds no "
                             f"{t}-day window inside the data of every present modality")
         return win
 
@@ -339,9 +374,30 @@ class HydroDataModule(L.LightningDataModule):
             return
         locations = self.catchment_locations  # (C, 2)
         for split in SPLITS:
-            self.datasets[split] = HydroWindowDataset(self.store, self.windows(split),
-                                                      self.seq_len, locations)
-            log.info("hydro %s: %d windows", split, len(self.datasets[split]))
+            win = self.windows(split)
+            self.datasets[split] = HydroWindowDataset(self.store, win, self.seq_len, locations)
+            self._check_split(split, win)
+
+    def _check_split(self, split: str, win: np.ndarray) -> None:
+        """Log the split's windows; warn when it holds fewer than MIN_EVAL_WINDOWS or, for
+        val/test, when a catchment's consecutive windows overlap on more than half their days
+        (the same days scored again; training windows overlap by design)."""
+        a, b = self.splits[split]
+        n_catchments = len(np.unique(win[:, 0]))
+        log.info("hydro %s (%s … %s): %d windows of %d days over %d catchments", split, a, b,
+                 len(win), self.seq_len, n_catchments)
+        if len(win) < MIN_EVAL_WINDOWS:
+            log.warning("hydro %s: only %d windows (%s … %s, %d-day windows): its metrics rest on "
+                        "few samples; lengthen the split or shorten data.seq_len", split, len(win),
+                        a, b, self.seq_len)
+        if split != "train" and len(win) > n_catchments:
+            overlap = max(self.seq_len - self.eval_stride, 0) / self.seq_len
+            if overlap > 0.5:
+                log.warning("hydro %s: consecutive windows overlap on %d of %d days "
+                            "(data.eval_stride=%d): the same days are scored several times; "
+                            "raise data.eval_stride to at least %d", split,
+                            self.seq_len - self.eval_stride, self.seq_len, self.eval_stride,
+                            (self.seq_len + 1) // 2)
 
     def collate(self) -> HydroCollate:
         """The collate function of every split."""
@@ -363,7 +419,24 @@ class HydroDataModule(L.LightningDataModule):
         return DataLoader(self.datasets[split], batch_size=self.batch_size, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        loader = self._loader("train")
+        self._log_steps(len(loader))
+        return loader
+
+    def _log_steps(self, n_batches: int) -> None:
+        """Say the real optimiser steps when the data holds fewer batches than the trainer's
+        `limit_train_batches` (an epoch then ends early)."""
+        trainer = getattr(self, "trainer", None)
+        limit = getattr(trainer, "limit_train_batches", None)
+        if trainer is None or not isinstance(limit, int) or isinstance(limit, bool):
+            return
+        if n_batches < limit:
+            epochs = trainer.max_epochs
+            log.warning("hydro train: %d windows make %d batches of %d per epoch, fewer than "
+                        "trainer.limit_train_batches=%d: %d steps per epoch%s", len(
+                            self.datasets["train"]), n_batches, self.batch_size, limit, n_batches,
+                        f", {n_batches * epochs} in {epochs} epochs" if epochs and epochs > 0
+                        else "")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

@@ -10,7 +10,9 @@ window is a slice:
 
 Days form a complete daily axis (missing source days are NaN). Statistics are computed on the
 training period only (land pixels only; series listed in `log_series` after log1p). The store
-lives under `<cache_dir>/<key>`, key = hash of the source fingerprint and every setting.
+lives under `<cache_dir>/<key>`, key = hash of the sources' fingerprint and every setting. The
+input is the assembled Dataset (`maelab.data.hydro.assemble`: canonical names and dims, the
+model's units, grids south → north); meta.json keeps each variable's unit and the gauge names.
 """
 
 from __future__ import annotations
@@ -21,34 +23,36 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from maelab.core.errors import DataError
 from maelab.core.io import atomic_write_json
+from maelab.data.hydro.assemble import STATIC, SourceSet
 from maelab.data.hydro.layout import PatchLayout
-from maelab.data.hydro.sources import SourceSpec, source_days, source_for, static_names
+from maelab.data.hydro.sources import SourceSpec
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 _BLOCK_DAYS = 64
 
 
-def store_key(spec: SourceSpec, layout: PatchLayout, train: tuple[str, str],
-              log_series: Sequence[str]) -> str:
-    """Cache key of the prepared store: source fingerprint + every setting that shapes it."""
+def store_key(sources: SourceSet, layout: PatchLayout, train: tuple[str, str],
+              log_series: Sequence[str], extra: Any = None) -> str:
+    """Cache key of the prepared store: the sources' fingerprint + every setting that shapes it
+    (`extra`: further settings, e.g. the missing stretches)."""
     settings = {
-        "version": STORE_VERSION, "source": source_for(spec).fingerprint(),
-        "spec": {k: v for k, v in asdict(spec).items() if k not in ("root", "synthetic")},
+        "version": STORE_VERSION, "sources": sources.fingerprint(),
         "layout": layout.fingerprint(), "train": list(train), "log": sorted(log_series),
+        "extra": extra,
     }
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
@@ -84,31 +88,29 @@ def _track(progress: Progress | None, items: Sequence, description: str) -> Sequ
     return items if progress is None else progress.track(items, description=description)
 
 
-def write_store(ds: xr.Dataset, spec: SourceSpec, layout: PatchLayout,
+def write_store(ds: xr.Dataset, names: Mapping[str, Sequence[str]], layout: PatchLayout,
                 train: tuple[str, str], log_series: Sequence[str], out: Path,
-                progress: Progress | None = None) -> None:
-    """Prepare `ds` into the store directory `out` (see the module docstring); `progress` shows
-    the blocks of days read per grid."""
+                where: str, progress: Progress | None = None) -> None:
+    """Prepare the assembled `ds` into the store directory `out` (see the module docstring):
+    the grids `names["grids"]`, the series `names["series"]`, `static` if present; `progress`
+    shows the blocks of days read per grid."""
     out.mkdir(parents=True)
-    src_days = source_days(ds, spec)
+    src_days = ds["time"].values.astype("datetime64[D]")  # daily, checked by daily_time
+    if src_days.size == 0:
+        raise DataError(f"{where}: no day in the data")
     days = np.arange(src_days[0], src_days[-1] + 1, dtype="datetime64[D]")
     pos = (src_days - days[0]).astype(np.int64)  # (n_src,) day index of each source step
     n_days, p, pp = days.size, layout.n_valid, layout.patch_size ** 2
     lo, hi = np.datetime64(train[0], "D"), np.datetime64(train[1], "D")
     in_train = (days >= lo) & (days <= hi)  # (n_days,)
-    t, y, x, c = (spec.dim(k) for k in ("time", "y", "x", "catchment"))
     meta: dict[str, Any] = {
-        "version": STORE_VERSION, "source": spec.where, "start_day": str(days[0]),
+        "version": STORE_VERSION, "source": where, "start_day": str(days[0]),
         "n_days": int(n_days), "patch_size": layout.patch_size, "n_valid": p,
         "valid_idx": layout.valid_idx.tolist(), "train": list(train),
-        "grids": [], "series": [], "stats": {}, "grid_span": {}, "series_span": {},
+        "grids": [], "series": [], "stats": {}, "grid_span": {}, "series_span": {}, "units": {},
     }
-    for name, var in spec.grids.items():
-        if var is None:
-            continue
-        da = ds[var].transpose(t, y, x)
-        flip_y = da[y].size > 1 and y in da.coords and float(da[y][0]) > float(da[y][-1])
-        flip_x = da[x].size > 1 and x in da.coords and float(da[x][0]) > float(da[x][-1])
+    for name in names["grids"]:
+        da = ds[name].transpose("time", "y", "x")
         mm = np.lib.format.open_memmap(out / f"grid_{name}.npy", mode="w+", dtype=np.float32,
                                        shape=(n_days, p, pp))
         if pos.size != n_days:
@@ -118,9 +120,7 @@ def write_store(ds: xr.Dataset, spec: SourceSpec, layout: PatchLayout,
             0, src_days.size + _BLOCK_DAYS, _BLOCK_DAYS).clip(max=src_days.size)
         blocks = list(zip(bounds[:-1], bounds[1:], strict=True))
         for i0, i1 in _track(progress, blocks, f"hydro store: {name}"):
-            block = np.asarray(da.isel({t: slice(int(i0), int(i1))}).values, dtype=np.float32)
-            block = block[:, ::-1] if flip_y else block
-            block = block[:, :, ::-1] if flip_x else block
+            block = np.asarray(da.isel(time=slice(int(i0), int(i1))).values, dtype=np.float32)
             patches = layout.extract(block)  # (b, P, p*p), NaN off land
             rows = pos[i0:i1]
             mm[rows] = patches
@@ -128,54 +128,61 @@ def write_store(ds: xr.Dataset, spec: SourceSpec, layout: PatchLayout,
             mom.add(patches[in_train[rows]])
         mm.flush()
         del mm
-        mean, std = mom.result(f"{spec.where}:{var}")
+        mean, std = mom.result(f"{where}:{name}")
         meta["grids"].append(name)
         meta["stats"][name] = {"mean": mean, "std": std, "log": False}
         meta["grid_span"][name] = _span(has)
-    per_catchment = any(v is not None for v in spec.series.values()) or spec.static is not None
-    catchments = ds[c].values if per_catchment else np.array(["all"])  # one pseudo-catchment
+        meta["units"][name] = str(da.attrs.get("units", ""))
+    has_static = STATIC in ds.data_vars
+    per_catchment = bool(names["series"]) or has_static
+    catchments = ds["catchment"].values if per_catchment else np.array(["all"])  # one pseudo
     meta["catchments"] = [str(v) for v in catchments]
-    for name, var in spec.series.items():
-        if var is None:
-            continue
-        vals = ds[var].transpose(c, t).values.astype(np.float32)  # (C, n_src)
+    meta["catchment_names"] = ([str(v) for v in ds["gauge_name"].values]
+                               if "gauge_name" in ds.coords else [""] * len(catchments))
+    for name in names["series"]:
+        vals = ds[name].transpose("catchment", "time").values.astype(np.float32)  # (C, n_src)
         arr = np.full((catchments.size, n_days), np.nan, dtype=np.float32)
         arr[:, pos] = vals
         np.save(out / f"series_{name}.npy", arr)
         logged = name in log_series
         mom = _Moments()
         mom.add(np.log1p(np.maximum(arr[:, in_train], 0)) if logged else arr[:, in_train])
-        mean, std = mom.result(f"{spec.where}:{var}")
+        mean, std = mom.result(f"{where}:{name}")
         meta["series"].append(name)
         meta["stats"][name] = {"mean": mean, "std": std, "log": logged}
         meta["series_span"][name] = [_span(r) for r in np.isfinite(arr)]
-    if spec.static is not None:
-        da = ds[spec.static].transpose(c, spec.dim("attribute"))
+        meta["units"][name] = str(ds[name].attrs.get("units", ""))
+    if has_static:
+        da = ds[STATIC].transpose("catchment", "attribute")
         static = np.asarray(da.values, dtype=np.float32)  # (C, A)
-        names = static_names(ds, spec)
+        static_names = [str(v) for v in da["attribute"].values]
     else:
-        static, names = np.zeros((catchments.size, 0), dtype=np.float32), []
+        static, static_names = np.zeros((catchments.size, 0), dtype=np.float32), []
     np.save(out / "static.npy", static)
     with warnings.catch_warnings():  # all-NaN attributes → mean 0, std 1
         warnings.simplefilter("ignore", RuntimeWarning)
         s_mean = np.nan_to_num(np.nanmean(static, axis=0)) if static.size else np.zeros(0)
         s_std = np.nan_to_num(np.nanstd(static, axis=0)) if static.size else np.zeros(0)
-    meta["static_names"] = names
+    meta["static_names"] = static_names
     meta["static_mean"] = s_mean.tolist()
     meta["static_std"] = np.where(s_std > 1e-6, s_std, 1.0).tolist()
     atomic_write_json(out / "meta.json", meta)
 
 
 def prepare_cached(
-    spec: SourceSpec, layout: PatchLayout, train: tuple[str, str], log_series: Sequence[str],
-    cache_dir: str | Path, open_fn: Callable[[], xr.Dataset],
+    sources: SourceSet | SourceSpec, layout: PatchLayout, train: tuple[str, str],
+    log_series: Sequence[str], cache_dir: str | Path, open_fn: Callable[[], xr.Dataset],
+    extra: Any = None,
 ) -> Path:
     """Return the store for these settings under `cache_dir`, preparing it on a cache miss.
 
-    `open_fn` is only called on a miss. Written to a temporary directory, then renamed.
+    `open_fn` (the assembled Dataset) is only called on a miss. Written to a temporary
+    directory, then renamed. A single `SourceSpec` stands for `SourceSet.single(spec)`.
     """
+    if isinstance(sources, SourceSpec):
+        sources = SourceSet.single(sources)
     cache_dir = Path(cache_dir).expanduser()
-    path = cache_dir / store_key(spec, layout, train, log_series)
+    path = cache_dir / store_key(sources, layout, train, log_series, extra)
     if (path / "meta.json").is_file():
         log.info("hydro store cache hit: %s", path)
         return path
@@ -185,11 +192,13 @@ def prepare_cached(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, transient=True) as progress:  # nothing is left on the console
-        opening = progress.add_task(f"hydro source `{spec.kind}`: opening", total=None)
+        opening = progress.add_task(f"hydro data {escape(sources.description)}: opening",
+                                    total=None)
         ds = open_fn()
         progress.update(opening, total=1, completed=1)
         try:
-            write_store(ds, spec, layout, train, log_series, tmp, progress)
+            names = {group: sources.names(group) for group in ("grids", "series")}
+            write_store(ds, names, layout, train, log_series, tmp, sources.description, progress)
             try:
                 os.rename(tmp, path)
             except OSError:  # prepared concurrently by another process: keep theirs

@@ -18,6 +18,7 @@ from maelab.masking.count import hidden_count
 
 STRATEGIES = ("unified", "independent")
 SERIES_MODES = ("shared", "independent")
+SERIES_MASKS = ("random_days", "all", "contiguous", "visible")  # masking.series_modes values
 SERIES_SKIPS = ("interpolation", "none")
 
 
@@ -69,11 +70,16 @@ class EvaluationConfig:
     climatology_window: int = 31  # days of the circular running mean smoothing the climatology
     cross_modal: str | None = "riverflow"  # series hidden on every day in the cross-modal test
     figure_day: int | None = None  # day of the example window drawn in the maps (None: middle)
+    infilling: bool = True  # also: cross_modal series hidden alone (all days; gaps), rest visible
+    gap_days: list[int] = field(default_factory=lambda: [7, 30])  # infilling gaps (days;
+    # those not shorter than data.seq_len are skipped, and not recorded)
 
     def __post_init__(self) -> None:
         positive_int("climatology_window", self.climatology_window)
         if self.figure_day is not None:
             positive_int("figure_day", self.figure_day, minimum=0)
+        for i, gap in enumerate(self.gap_days):
+            positive_int(f"gap_days[{i}]", gap)
 
 
 @dataclass
@@ -84,10 +90,18 @@ class MaskingConfig:
     enabled: bool = True  # false: nothing hidden (encoder features)
     ratio: float = 0.75  # share of valid patches (per day) and of days hidden
     series: str = "shared"  # shared: one day mask for every series | independent: one each
+    series_modes: dict[str, str] | None = None  # per series (SERIES_MASKS; null: none listed);
+    # unlisted: random_days (round(ratio × T) days) | all (every day) | contiguous (one gap of
+    # gap_days days) | visible (never hidden: an input only)
+    gap_days: int = 14  # contiguous: length of the gap hidden in each window
 
     def __post_init__(self) -> None:
         one_of("strategy", self.strategy, STRATEGIES)
         one_of("series", self.series, SERIES_MODES)
+        self.series_modes = dict(self.series_modes or {})
+        for name, mode in self.series_modes.items():
+            one_of(f"series_modes.{name}", mode, SERIES_MASKS)
+        positive_int("gap_days", self.gap_days)
 
 
 @dataclass
@@ -112,6 +126,15 @@ class MMMAEConfig(ModelConfig):
         if seq_len % k:
             raise ConfigError("model.net.temporal_patch", k,
                               f"a divisor of data.seq_len={seq_len}: {divisors(seq_len)}")
+        series = list(cfg.data.get("series") or {})
+        for name in self.masking.series_modes:
+            if name not in series:
+                raise ConfigError(f"model.masking.series_modes.{name}",
+                                  self.masking.series_modes[name], f"a series of data.series: "
+                                  f"{', '.join(series)}")
+        if "contiguous" in self.masking.series_modes.values() and self.masking.gap_days >= seq_len:
+            raise ConfigError("model.masking.gap_days", self.masking.gap_days,
+                              f"fewer days than data.seq_len={seq_len}")
         if self.masking.enabled:
             layout = PatchLayout.build(load_land_mask(cfg.data.land_mask, cfg.data.land_mask_var),
                                        check_patch_size(cfg.data.patch_size), cfg.data.land_threshold)

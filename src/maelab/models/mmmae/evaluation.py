@@ -2,26 +2,38 @@
 
 Per modality RMSE / MAE in physical units on hidden valid positions, for the model and the
 baselines (daily climatology of the training period; linear interpolation across hidden days for
-series, spatial mean of the visible neighbouring patches for grids); NSE / KGE per catchment on
-the hidden days of each series (all windows of a catchment pooled), as median and distribution;
-and a cross-modal test that hides one series (riverflow) on every day and reconstructs it from the
-other modalities. `MMMAEModule` feeds `TestEvaluation` batch by batch (single process).
+series, spatial mean of the visible neighbouring patches for grids); per catchment on the hidden
+days of each series (all windows of a catchment pooled) the flow scores of
+`maelab.scoring.hydro_metrics.FLOW_SCORES` (NSE, KGE and its r / α / β, log-NSE, FHV, FLV), as
+medians and distributions, and a per-catchment table (`catchment_rows`, written as CSV).
+
+Tests, for the `cross_modal` series (riverflow) when it is present:
+- cross-modal: hidden on every day, the other modalities keep their test masks;
+- infilling (`infilling`), everything else visible (full forcings): hidden alone on every day
+  (`alone`), and one gap of each length of `gap_days` at a fixed random place per window
+  (`gap<L>`; interpolation baselines across the gap).
+Only the tests that ran are recorded. `MMMAEModule` feeds `TestEvaluation` batch by batch
+(single process).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from maelab.core.io import atomic_write_text
 from maelab.data.contracts import HydroInfo
 from maelab.data.hydro.store import PreparedStore
 from maelab.models.mmmae.loss import patch_stats
-from maelab.models.mmmae.masking import MaskedHydroBatch
+from maelab.models.mmmae.masking import MaskedHydroBatch, gap_mask, window_noise
 from maelab.scoring.hydro_metrics import (
+    FLOW_SCORES,
     ErrorSums,
     daily_climatology,
     day_of_year,
@@ -35,6 +47,7 @@ from maelab.scoring.hydro_metrics import (
 
 MODEL = "mmmae"  # the model's rows in the results table
 SERIES_BASELINES = ("climatology", "interpolation", "interpolation_log")
+_GAP_STREAM = -100  # keys a gap's place apart from the masks' streams: stream −100 − length
 
 
 def climatologies(store: PreparedStore, train: tuple[np.datetime64, np.datetime64],
@@ -48,18 +61,95 @@ def climatologies(store: PreparedStore, train: tuple[np.datetime64, np.datetime6
     return {k: torch.from_numpy(v) for k, v in clim.items()}
 
 
+def test_name(key: str) -> str:
+    """Row prefix of a collected series key: `riverflow`, `riverflow:all_hidden` → `riverflow
+    (all days hidden)`, `…:alone` → `(alone, all days hidden)`, `…:gap7` → `(alone, 7-day gap)`."""
+    series, _, test = key.partition(":")
+    if not test:
+        return series
+    if test == "all_hidden":
+        return f"{series} (all days hidden)"
+    if test == "alone":
+        return f"{series} (alone, all days hidden)"
+    return f"{series} (alone, {test.removeprefix('gap')}-day gap)"
+
+
+def infilling_batches(batch: MaskedHydroBatch, target: str, gap_days: Sequence[int], seed: int
+                      ) -> dict[str, MaskedHydroBatch]:
+    """The infilling tests of `target`: every grid and other series visible, `target` hidden on
+    every day (`alone`) or in one gap of each length shorter than the window (`gap<L>`, place
+    keyed per window)."""
+    visible = {g: torch.zeros_like(m) for g, m in batch["grid_mask"].items()}
+    none = {s: torch.zeros_like(m) for s, m in batch["series_mask"].items()}
+    t = batch["time"].shape[1]
+    out = {"alone": {**batch, "grid_mask": visible,
+                     "series_mask": {**none, target: torch.ones_like(none[target])}}}
+    for gap in (g for g in gap_days if int(g) < t):  # a gap must leave visible days
+        hidden = gap_mask(window_noise(seed, batch, _GAP_STREAM - int(gap)), 1, t, int(gap))[:, 0]
+        out[f"gap{int(gap)}"] = {**batch, "grid_mask": visible,
+                                 "series_mask": {**none, target: hidden}}
+    return out
+
+
 class TestEvaluation:
     """Collects one test epoch and turns it into the results table (`results`)."""
 
     def __init__(self, info: HydroInfo, evaluation: Mapping[str, Any], norm_pix_loss: bool,
-                 clim: dict[str, torch.Tensor]) -> None:
+                 clim: dict[str, torch.Tensor], seed: int = 0,
+                 catchment_ids: Sequence[str] | None = None,
+                 catchment_names: Sequence[str] | None = None) -> None:
         self.info, self.evaluation, self.norm_pix_loss, self.clim = info, evaluation, norm_pix_loss, clim
+        self.seed = int(seed)
+        self.catchment_ids = list(catchment_ids or [])
+        self.catchment_names = list(catchment_names or [])
         self.errors: dict[tuple[str, str], ErrorSums] = defaultdict(ErrorSums)
         self.series: dict[str, list[dict[str, torch.Tensor]]] = defaultdict(list)
         self.example: dict[str, Any] | None = None
 
     def _phys(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return denormalise(x, self.info.stats[name])
+
+    def add_batch(self, batch: MaskedHydroBatch,
+                  model: Callable[[MaskedHydroBatch], Mapping[str, Any]]) -> None:
+        """Run `model` on the batch (its test masks) and on every test of the `cross_modal`
+        series that applies, and collect the results."""
+        out = model(batch)
+        target = self.evaluation.get("cross_modal")
+        if target not in out["series"]:
+            self.add(batch, out)
+            return
+        masks = {**batch["series_mask"], target: torch.ones_like(batch["series_mask"][target])}
+        self.add(batch, out, model({**batch, "series_mask": masks})["series"][target])
+        if self.evaluation.get("infilling", True):
+            tests = infilling_batches(batch, target, self.evaluation.get("gap_days") or [],
+                                      self.seed)
+            for test, masked in tests.items():
+                pred = model(masked)["series"][target]
+                self._collect(f"{target}:{test}", target, masked, pred,
+                              masked["series_mask"][target], interpolate=test != "alone")
+
+    def _collect(self, key: str, s: str, batch: MaskedHydroBatch, pred: torch.Tensor,
+                 hidden: torch.Tensor, interpolate: bool) -> None:
+        """Keep the (B, T) truth, the model's and the baselines' values (physical units) of
+        series `s` under `key`; interpolation only where visible days are to be had."""
+        doy = torch.from_numpy(day_of_year(batch["time"].cpu()))  # (B, T)
+        catchment = batch["catchment"].cpu()
+        true, valid = self._phys(s, batch["series"][s]).cpu(), batch["series_valid"][s].cpu()
+        hidden = hidden.cpu()
+        c = self.clim[s][doy, catchment[:, None]]  # (B, T)
+        item = {"true": true, MODEL: self._phys(s, pred).cpu(), "climatology": c,
+                "select": hidden & valid, "hidden": hidden, "catchment": catchment,
+                "time": batch["time"].cpu()}
+        if interpolate:
+            known = valid & ~hidden
+            item["interpolation"] = interpolate_days(true, known)
+            if self.info.stats[s]["log"]:  # also linear in log1p space
+                item["interpolation_log"] = self._phys(
+                    s, interpolate_days(batch["series"][s].cpu(), known))
+            for method in ("interpolation", "interpolation_log"):
+                if method in item:  # none visible: climatology
+                    item[method] = torch.where(item[method].isnan(), c, item[method])
+        self.series[key].append(item)
 
     def add(self, batch: MaskedHydroBatch, out: Mapping[str, Any],
             all_hidden: torch.Tensor | None = None) -> None:
@@ -85,57 +175,64 @@ class TestEvaluation:
                 errors[(g, method)].add(p, true, select)
             example["grids"][g] = {"true": true[0].float().numpy(), "pred": pred[0].float().numpy(),
                                    "hidden": hidden[0].numpy()}
-        catchment = batch["catchment"].cpu()
         for s, pred in out["series"].items():
-            true, valid = self._phys(s, batch["series"][s]).cpu(), batch["series_valid"][s].cpu()
-            hidden = out["series_hidden"][s].cpu()
-            c = clim[s][doy, catchment[:, None]]  # (B, T)
-            known = valid & ~hidden
-            item = {"true": true, MODEL: self._phys(s, pred).cpu(), "climatology": c,
-                    "interpolation": interpolate_days(true, known),
-                    "select": hidden & valid, "hidden": hidden, "catchment": catchment,
-                    "time": batch["time"].cpu()}
-            if info.stats[s]["log"]:  # also linear in log1p space
-                log_interp = interpolate_days(batch["series"][s].cpu(), known)
-                item["interpolation_log"] = self._phys(s, log_interp)
-            for method in (m for m in SERIES_BASELINES if m.startswith("interp") and m in item):
-                item[method] = torch.where(item[method].isnan(), c, item[method])  # none visible
-            for method in (m for m in (MODEL, *SERIES_BASELINES) if m in item):
-                errors[(s, method)].add(item[method], true, item["select"])
-            self.series[s].append(item)
+            self._collect(s, s, batch, pred, out["series_hidden"][s], interpolate=True)
         target = self.evaluation.get("cross_modal")
         if all_hidden is not None:
-            self.series[f"{target}:all_hidden"].append(
-                {**self.series[target][-1], MODEL: self._phys(target, all_hidden).cpu(),
-                 "select": batch["series_valid"][target].cpu(),
-                 "hidden": torch.ones_like(batch["series_valid"][target]).cpu()})
+            self._collect(f"{target}:all_hidden", target, batch, all_hidden,
+                          torch.ones_like(batch["series_valid"][target]), interpolate=False)
         if self.example is None:
             self.example = example
 
+    def _catchment(self, index: int) -> tuple[str, str]:
+        """(gauge id, gauge name) of catchment `index` (its index when ids are unknown)."""
+        cid = self.catchment_ids[index] if index < len(self.catchment_ids) else str(index)
+        name = self.catchment_names[index] if index < len(self.catchment_names) else ""
+        return cid, name
+
     def results(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """{"summary": {"test": rows, "distributions", "settings"}, "series": collected windows
-        per series (numpy), "example": the first window's grids}."""
-        rows: dict[str, dict[str, float]] = {}
+        """{"summary": {"test": rows, "distributions", "units", "settings"}, "series": collected
+        windows per series (numpy), "example": the first window's grids, "catchment_rows": one
+        record per (row, catchment)}. `settings` records the tests that ran."""
+        units = dict(self.info.units)
+        rows: dict[str, dict[str, Any]] = {}
         dists: dict[str, dict[str, Any]] = {}
+        table: list[dict[str, Any]] = []
         for (name, method), acc in self.errors.items():
-            rows[row_key(name, method)] = acc.result()
+            rows[row_key(name, method)] = {**acc.result(), "units": units.get(name, "")}
         series: dict[str, dict[str, np.ndarray]] = {}
         for key, items in self.series.items():
             data = {k: torch.cat([it[k] for it in items]).numpy() for k in items[0]}
             series[key] = data
+            s = key.partition(":")[0]
             for method in (m for m in (MODEL, *SERIES_BASELINES) if m in data):
-                if key.endswith(":all_hidden") and method.startswith("interpolation"):
-                    continue  # nothing visible to interpolate from
+                row = row_key(test_name(key), method)
+                acc = ErrorSums()
+                acc.add(torch.from_numpy(data[method]), torch.from_numpy(data["true"]),
+                        torch.from_numpy(data["select"]))
                 sc = per_group_scores(data[method], data["true"], data["select"], data["catchment"])
-                row = row_key(key.replace(":all_hidden", " (all days hidden)"), method)
-                if key.endswith(":all_hidden"):
-                    acc = ErrorSums()
-                    acc.add(torch.from_numpy(data[method]), torch.from_numpy(data["true"]),
-                            torch.from_numpy(data["select"]))
-                    rows[row] = acc.result()
-                nse, kge = distribution(sc["nse"]), distribution(sc["kge"])
-                rows[row] |= {"nse_median": nse["median"], "kge_median": kge["median"]}
-                dists[row] = {"nse": nse, "kge": kge,
-                              "per_catchment": {k: v.tolist() for k, v in sc.items()}}
-        summary = {"test": rows, "distributions": dists, "settings": settings}
-        return {"summary": summary, "series": series, "example": self.example}
+                per = {k: distribution(sc[k]) for k in FLOW_SCORES}
+                rows[row] = {**acc.result(), **{f"{k}_median": per[k]["median"] for k in FLOW_SCORES},
+                             "units": units.get(s, "")}
+                dists[row] = {**per, "per_catchment": {k: v.tolist() for k, v in sc.items()}}
+                for i, g in enumerate(sc["group"]):
+                    cid, cname = self._catchment(int(g))
+                    table.append({"row": row, "test": test_name(key), "method": method,
+                                  "catchment_id": cid, "gauge_name": cname, "n": int(sc["n"][i]),
+                                  **{k: float(sc[k][i]) for k in FLOW_SCORES}})
+        target = self.evaluation.get("cross_modal")
+        ran = [k.partition(":")[2] for k in self.series if k.startswith(f"{target}:")]
+        infilling = [t for t in ran if t != "all_hidden"]
+        settings = {**settings, "cross_modal": target if "all_hidden" in ran else None,
+                    "infilling": infilling or None}
+        summary = {"test": rows, "distributions": dists, "units": units, "settings": settings}
+        return {"summary": summary, "series": series, "example": self.example,
+                "catchment_rows": table, "units": units}
+
+
+def write_catchment_table(records: list[dict[str, Any]], out_dir: Path) -> Path:
+    """`out_dir/catchments.csv`: one line per (row, catchment) with its flow scores."""
+    columns = ["row", "test", "method", "catchment_id", "gauge_name", "n", *FLOW_SCORES]
+    path = out_dir / "catchments.csv"
+    atomic_write_text(path, pd.DataFrame(records, columns=columns).to_csv(index=False))
+    return path

@@ -24,10 +24,14 @@ from maelab.viz.common import save, segments
 _EPOCH = np.datetime64("1970-01-01", "D")
 
 
+def _label(name: str, units: str) -> str:
+    return f"{name} ({units})" if units else name
+
+
 def plot_grid_day(true: np.ndarray, pred: np.ndarray, hidden: np.ndarray, layout: PatchLayout,
-                  name: str, date: str, path: Path | None = None) -> Figure:
-    """Truth, visible input and reconstruction of one day: true, pred (P, p²) physical units,
-    hidden (P,) bool."""
+                  name: str, date: str, path: Path | None = None, units: str = "") -> Figure:
+    """Truth, visible input and reconstruction of one day: true, pred (P, p²) physical units
+    (`units`), hidden (P,) bool."""
     visible = np.where(hidden[:, None], np.nan, true)
     recon = np.where(hidden[:, None], pred, true)
     maps = [layout.scatter(a.astype(np.float32)) for a in (true, visible, recon)]  # (H, W) each
@@ -46,15 +50,17 @@ def plot_grid_day(true: np.ndarray, pred: np.ndarray, hidden: np.ndarray, layout
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=axes, shrink=0.8, label=name)
+    fig.colorbar(im, ax=axes, shrink=0.8, label=_label(name, units))
     fig.suptitle(f"{name} on {date}: {int(hidden.sum())} of {hidden.size} land patches hidden "
                  "(outlined)")
     return save(fig, path)
 
 
 def plot_hydrograph(data: dict[str, np.ndarray], row: int, name: str,
-                    cross_modal: np.ndarray | None = None, path: Path | None = None) -> Figure:
-    """Window `row` of the collected series `data` ((W, T) arrays, physical units)."""
+                    cross_modal: np.ndarray | None = None, path: Path | None = None,
+                    units: str = "", catchment: str | None = None) -> Figure:
+    """Window `row` of the collected series `data` ((W, T) arrays, physical units `units`);
+    `catchment` labels the gauge (id and name; its index when None)."""
     dates = _EPOCH + data["time"][row].astype("timedelta64[D]")
     true, hidden = data["true"][row], data["hidden"][row]
     fig = Figure(figsize=(11, 4), layout="constrained")
@@ -79,9 +85,9 @@ def plot_hydrograph(data: dict[str, np.ndarray], row: int, name: str,
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    ax.set_ylabel(name)
-    ax.set_title(f"{name}, catchment {int(data['catchment'][row])}: {int(hidden.sum())} of "
-                 f"{hidden.size} days hidden")
+    ax.set_ylabel(_label(name, units))
+    where = catchment or f"catchment {int(data['catchment'][row])}"
+    ax.set_title(f"{name}, {where}: {int(hidden.sum())} of {hidden.size} days hidden")
     return save(fig, path)
 
 
@@ -98,23 +104,29 @@ def _median_catchment_row(data: dict[str, np.ndarray], per_catchment: dict[str, 
 
 
 def write_figures(outputs: dict[str, Any], layout: PatchLayout, out_dir: Path,
-                  day: int | None = None, series: str = "riverflow") -> dict[str, Figure]:
-    """Write map_<grid>.png per grid and hydrograph.png into `out_dir`; return the figures."""
+                  day: int | None = None, series: str = "riverflow",
+                  catchment_labels: list[str] | None = None) -> dict[str, Figure]:
+    """Write map_<grid>.png per grid and hydrograph.png into `out_dir`; return the figures.
+    Units come from `outputs["units"]`; `catchment_labels` name the gauges (id and name)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figs: dict[str, Figure] = {}
+    units = outputs.get("units") or {}
     ex = outputs.get("example")
     if ex is not None:
         for g, e in ex["grids"].items():
             t = e["true"].shape[0] // 2 if day is None else int(day)
             date = str(_EPOCH + np.timedelta64(int(ex["time"][t]), "D"))
             figs[f"map_{g}"] = plot_grid_day(e["true"][t], e["pred"][t], e["hidden"][t], layout, g,
-                                             date, path=out_dir / f"map_{g}.png")
+                                             date, path=out_dir / f"map_{g}.png",
+                                             units=units.get(g, ""))
     data = outputs["series"].get(series)
     if data is not None:
         per = outputs["summary"]["distributions"][row_key(series, "mmmae")]["per_catchment"]
         row = _median_catchment_row(data, per)
         full = outputs["series"].get(f"{series}:all_hidden")
+        c = int(data["catchment"][row])
+        label = catchment_labels[c] if catchment_labels and c < len(catchment_labels) else None
         figs["hydrograph"] = plot_hydrograph(
             data, row, series, None if full is None else full["mmmae"][row],
-            path=out_dir / "hydrograph.png")
+            path=out_dir / "hydrograph.png", units=units.get(series, ""), catchment=label)
     return figs

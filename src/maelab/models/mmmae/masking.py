@@ -1,8 +1,12 @@
 """MM-MAE masks for hydrology windows (pure functions; bool, True = hidden).
 
 Grids: each day hides round(ratio × P) of the P valid land patches, drawn independently per
-day; `unified` shares one mask across the grids, `independent` draws one per grid. Series hide
-round(ratio × T) days; `shared` uses one day mask for every series, `independent` one each.
+day; `unified` shares one mask across the grids, `independent` draws one per grid. Series follow
+their mode (`series_modes`, default `random_days`): `random_days` hides round(ratio × T) days
+(`shared`: one day mask for every such series, `independent`: one each); `all` hides every day
+(the series comes from the other modalities alone); `contiguous` hides one gap of `gap_days`
+consecutive days at a random place (one place for every such series when `shared`); `visible`
+hides nothing (an input only). Every window hides the same count, as MAE's gather needs.
 The noise is the shared keyed noise (`maelab.masking.noise`): `MMMAEModule` keys a window by
 (stream, catchment, start), stream = the epoch in training (fresh masks every epoch) and -1 in
 validation and test (fixed masks, identical across epochs, batch orders and batch sizes).
@@ -45,13 +49,34 @@ def grid_masks(noise: KeyedNoise, cfg: MaskingConfig, seq_len: int, n_valid: int
     return dict(zip(grid_names, per, strict=True))
 
 
+def gap_mask(noise: KeyedNoise, streams: int, seq_len: int, gap: int) -> torch.Tensor:
+    """(B, S, T) bool: one run of `gap` hidden days per row, its start uniform in
+    0 … T − gap (one noise draw)."""
+    if not 0 < gap < seq_len:
+        raise ValueError(f"gap of {gap} days in a {seq_len}-day window")
+    u = noise.uniform((noise.batch_size, streams))  # (B, S)
+    start = (u * (seq_len - gap + 1)).long().clamp_max(seq_len - gap)[..., None]  # (B, S, 1)
+    day = torch.arange(seq_len, device=noise.device)
+    return (day >= start) & (day < start + gap)
+
+
 def series_masks(noise: KeyedNoise, cfg: MaskingConfig, seq_len: int,
                  series_names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Per series bool (B, T) day masks; `shared` series share one tensor."""
+    """Per series bool (B, T) day masks by `cfg.series_modes` (module docstring); `shared`
+    series of one mode share one tensor. The random-day draw comes first, as it always has."""
     shared = cfg.series == "shared"
     m = _draw(noise, cfg, 1 if shared else len(series_names), 1, seq_len)[:, :, 0]  # (B, S, T)
-    per = [m[:, 0]] * len(series_names) if shared else list(m.unbind(1))
-    return dict(zip(series_names, per, strict=True))
+    per = dict(zip(series_names, [m[:, 0]] * len(series_names) if shared else m.unbind(1),
+                   strict=True))
+    modes = {s: cfg.series_modes.get(s, "random_days") for s in series_names}
+    gapped = [s for s in series_names if modes[s] == "contiguous"]
+    if gapped and cfg.enabled:
+        g = gap_mask(noise, 1 if shared else len(gapped), seq_len, cfg.gap_days)  # (B, S', T)
+        per |= dict(zip(gapped, [g[:, 0]] * len(gapped) if shared else g.unbind(1), strict=True))
+    for s in series_names:
+        if modes[s] in ("all", "visible") and cfg.enabled:
+            per[s] = torch.full_like(m[:, 0], modes[s] == "all")
+    return per
 
 
 def window_noise(seed: int, batch: HydroBatch, stream: int) -> KeyedNoise:

@@ -125,17 +125,12 @@ class MMMAEModule(MaeModule):
         ev = self.hparams.evaluation
         clim = climatologies(dm.store, dm.splits["train"], int(ev["climatology_window"]))
         self._evaluation = TestEvaluation(self.info, ev, bool(self.hparams.loss.get("norm_pix_loss")),
-                                          clim)
+                                          clim, seed=self.hparams.seed,
+                                          catchment_ids=getattr(dm, "catchment_ids", None),
+                                          catchment_names=getattr(dm, "catchment_names", None))
 
     def test_step(self, batch: HydroBatch, batch_idx: int) -> None:
-        batch = self.masked(batch, -1)
-        out = self(batch)
-        target = self.hparams.evaluation.get("cross_modal")
-        all_hidden = None
-        if target in out["series"]:
-            masks = {**batch["series_mask"], target: torch.ones_like(batch["series_mask"][target])}
-            all_hidden = self({**batch, "series_mask": masks})["series"][target]
-        self._evaluation.add(batch, out, all_hidden)
+        self._evaluation.add_batch(self.masked(batch, -1), self)
 
     def on_test_epoch_end(self) -> None:
         ev, lw = self.hparams.evaluation, self.hparams.loss
@@ -159,5 +154,14 @@ class MMMAEModule(MaeModule):
         from maelab.models.mmmae.figures import write_figures
 
         ev = self.hparams.evaluation
+        labels = [f"{i} {n}".strip() for i, n in zip(datamodule.catchment_ids,
+                                                       datamodule.catchment_names, strict=True)]
         return write_figures(self._results, datamodule.layout, Path(out_dir),
-                             day=ev.get("figure_day"), series=ev.get("cross_modal") or "riverflow")
+                             day=ev.get("figure_day"), series=ev.get("cross_modal") or "riverflow",
+                             catchment_labels=labels)
+
+    def write_tables(self, datamodule: L.LightningDataModule, out_dir: str | Path) -> list[Path]:
+        """`catchments.csv`: the flow scores of every series row per catchment (gauge id, name)."""
+        from maelab.models.mmmae.evaluation import write_catchment_table
+
+        return [write_catchment_table(self._results["catchment_rows"], Path(out_dir))]

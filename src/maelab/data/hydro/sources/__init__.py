@@ -11,7 +11,6 @@ from maelab.data.hydro.sources.base import (
     SourceSpec,
     open_source,
     register,
-    source_days,
     source_for,
     static_names,
 )
@@ -20,5 +19,5 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["SOURCES", "HydroSource", "SourceSpec", "open_source", "register", "source_days",
-           "source_for", "static_names"]
+__all__ = ["SOURCES", "HydroSource", "SourceSpec", "open_source", "register", "source_for",
+           "static_names"]
