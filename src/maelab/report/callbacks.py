@@ -135,7 +135,8 @@ class JobStatusCallback(Callback):
         record["job_num"] = OmegaConf.select(config, "hydra.job.num", default=None)
         atomic_write_json(Path(out_dir) / STATUS_FILE, record)
         if record["status"] == JobStatus.FAILED.name:
-            if config.hydra.mode == RunMode.MULTIRUN:  # a single run's error is printed by Hydra
+            single_run = OmegaConf.select(config, "hydra.mode", default=None) == RunMode.RUN
+            if not single_run:  # Hydra prints a single run's error itself
                 log.error("job %s failed: %s: %s", out_dir, record.get("error_type"),
                           record.get("error"))
             launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
