@@ -212,10 +212,14 @@ def load_weights(module: MaeModule, state: dict, dm: L.LightningDataModule, key:
                   if k in now and saved[k] != now[k] and k != "batch_size"}
         if not differ:
             raise
-        text = "; ".join(f"data.{k}={_short(v)} (the checkpoint's: {_short(old)})"
-                         for k, (old, v) in differ.items())
+        sizes = [k for k, (old, _) in differ.items()
+                 if isinstance(old, int) and not isinstance(old, bool)] or list(differ)
+        text = "; ".join(f"data.{k}={_short(differ[k][1])} (the checkpoint's: "
+                         f"{_short(differ[k][0])})" for k in sizes)
+        others = [k for k in differ if k not in sizes]
         raise ConfigError(key, str(value), "a checkpoint trained on data of these shapes; the "
-                          f"data differ from the checkpoint's: {text}") from exc
+                          f"data differ from the checkpoint's: {text}"
+                          + (f" (also: {', '.join(others)})" if others else "")) from exc
 
 
 def _short(value: Any) -> str:
