@@ -7,7 +7,8 @@ data's `info()`, and calls only the base module's interface.
 
 Run directory layout:
     .hydra/config.yaml          the composed config (written by Hydra, or here when composed)
-    checkpoints/{best,last}.ckpt
+    .lock                       while a run holds the directory (maelab.core.rundir)
+    checkpoints/{best,last}.ckpt  best `optimized_metric`; the last epoch
     metrics.json, figures/*.png (train) ; eval/metrics.json, eval/figures/*.png (evaluate.py)
     tables the model writes (e.g. catchments.csv) beside metrics.json
 """
