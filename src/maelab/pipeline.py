@@ -31,7 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 from maelab.core.config import load_model_config, validate_config
 from maelab.core.errors import ConfigError, DataError
 from maelab.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from maelab.core.phases import PHASES
 from maelab.lit.base import MaeModule
+from maelab.lit.phases import FitPhases
 from maelab.report.tables import print_metrics_table
 
 log = logging.getLogger(__name__)
@@ -115,13 +117,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         save_run_config(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm)
+    with PHASES.phase("data"):
+        dm = build_datamodule(cfg)
+    with PHASES.phase("model"):
+        module = build_module(cfg, dm)
     resume = resolve_resume(cfg, out_dir)
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
+    trainer = instantiate(cfg.trainer, callbacks=[*_instantiate_all(cfg.get("callbacks")), FitPhases()],
                           logger=loggers or False, strategy=_strategy(cfg))
-    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
+    with PHASES.phase("fit"):
+        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
     # spawned ranks send back fitted weights only, not calibration: evaluate in this process then
@@ -134,6 +139,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics["optimized_metric_name"] = str(cfg.optimized_metric)
     if trainer.is_global_zero:
         atomic_write_json(out_dir / "metrics.json", metrics)
+        atomic_write_json(out_dir / "timings.json", PHASES.take())
     return metrics, {"trainer": trainer, "module": module, "datamodule": dm}
 
 
@@ -146,25 +152,33 @@ def evaluate_checkpoint(
 
     Uses the base module's interface only (`maelab.lit.base.MaeModule`).
     """
-    state = safe_torch_load(ckpt_path)
-    dm = datamodule or build_datamodule(cfg)
-    module = build_module(cfg, dm)
-    module.load_state_dict(state["state_dict"])
+    with PHASES.phase("checkpoint load"):
+        state = safe_torch_load(ckpt_path)
+    with PHASES.phase("data"):
+        dm = datamodule or build_datamodule(cfg)
+    with PHASES.phase("model"):
+        module = build_module(cfg, dm)
+        module.load_state_dict(state["state_dict"])
     if trainer is None:  # one device: results are the same as gathered over ranks
         trainer = instantiate(
             cfg.trainer, logger=False, devices=1, num_nodes=1, strategy="auto",
             callbacks=_instantiate_all(
                 {k: v for k, v in (cfg.get("callbacks") or {}).items() if k == "progress_bar"}))
     if recalibrate or not module.calibrated:
-        module.calibrate(trainer, dm)
-        if write_calibration and trainer.is_global_zero:
-            state["state_dict"] = {**state["state_dict"], **module.calibration_state()}
-            atomic_torch_save(ckpt_path, state)
-    trainer.test(module, datamodule=dm, verbose=False)
+        with PHASES.phase("calibration"):
+            module.calibrate(trainer, dm)
+            if write_calibration and trainer.is_global_zero:
+                state["state_dict"] = {**state["state_dict"], **module.calibration_state()}
+                atomic_torch_save(ckpt_path, state)
+    with PHASES.phase("test data"):
+        dm.setup("test")
+    with PHASES.phase("test"):
+        trainer.test(module, datamodule=dm, verbose=False)
     metrics = {"model": module.name, "checkpoint": str(ckpt_path), **module.summary()}
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         atomic_write_json(out_dir / "metrics.json", metrics)
-        _log_figures(trainer.loggers, module.write_figures(dm, out_dir / "figures"))
+        with PHASES.phase("figures"):
+            _log_figures(trainer.loggers, module.write_figures(dm, out_dir / "figures"))
         print_metrics_table(metrics)
     return metrics
 
@@ -214,5 +228,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.update(run_cfg, key, value, merge=key != "data", force_add=True)
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
-    return evaluate_checkpoint(run_cfg, ckpt_path, run_dir / "eval",
-                               recalibrate="threshold" in overrides)
+    metrics = evaluate_checkpoint(run_cfg, ckpt_path, run_dir / "eval",
+                                  recalibrate="threshold" in overrides)
+    atomic_write_json(run_dir / "eval" / "timings.json", PHASES.take())
+    return metrics

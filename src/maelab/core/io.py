@@ -1,4 +1,8 @@
-"""Atomic file writes: a crash mid-write never leaves a truncated result behind."""
+"""Atomic file writes: a crash mid-write never leaves a truncated result behind.
+
+torch is imported where a checkpoint is written or read, so the Hydra callbacks that write
+status files start without it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 def _atomic_write(path: str | os.PathLike, write) -> Path:
@@ -44,9 +46,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """`torch.save` atomically (plain tensors and containers only, so `weights_only` loads work)."""
+    import torch
+
     return _atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def safe_torch_load(path: str | os.PathLike) -> Any:
     """Load a checkpoint with `weights_only=True`: never unpickles arbitrary objects."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
