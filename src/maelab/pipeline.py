@@ -39,9 +39,10 @@ from maelab.report.tables import print_metrics_table
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The configured DataModule, prepared and set up for fitting. A bad `data.*` setting raises
-    the DataModule's own ConfigError / DataError (not Hydra's wrapper of it)."""
+def build_datamodule(cfg: DictConfig, stage: str = "fit") -> L.LightningDataModule:
+    """The configured DataModule, prepared and set up for `stage` (fit: train + validation data;
+    test: what testing needs). A bad `data.*` setting raises the DataModule's own ConfigError /
+    DataError (not Hydra's wrapper of it)."""
     try:
         dm = instantiate(cfg.data)
     except InstantiationException as exc:
@@ -49,7 +50,7 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
             raise exc.__cause__ from None
         raise
     dm.prepare_data()
-    dm.setup("fit")
+    dm.setup(stage)
     return dm
 
 
@@ -154,8 +155,8 @@ def evaluate_checkpoint(
     """
     with PHASES.phase("checkpoint load"):
         state = safe_torch_load(ckpt_path)
-    with PHASES.phase("data"):
-        dm = datamodule or build_datamodule(cfg)
+    with PHASES.phase("data"):  # the validation split only if calibration needs it
+        dm = datamodule or build_datamodule(cfg, stage="test")
     with PHASES.phase("model"):
         module = build_module(cfg, dm)
         module.load_state_dict(state["state_dict"])
