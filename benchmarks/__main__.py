@@ -2,6 +2,7 @@
 
     python -m benchmarks [--quick] [--out PATH] [--only NAME,…] [--threads N]
                                 [--isolate | --no-isolate]
+                                [--reference DIR [--reference-python EXE]]
 
 Every figure is a median of repetitions after warm-up and every comparison a ratio of
 measurements interleaved in one run (see each module's docstring). By default each benchmark
@@ -9,7 +10,9 @@ runs in a fresh Python process, so its peak RSS (VmHWM) is its own; `--no-isolat
 with `--quick`, which saves an interpreter start per benchmark) runs them here and resets the
 peak before each. `--threads` sets torch's intra-op threads (default 1: on a shared machine
 more threads than free cores make OpenMP spin; 0 keeps torch's default). `--quick` is a smoke
-run with tiny sizes: the figures are not meaningful.
+run with tiny sizes: the figures are not meaningful. `phases` profiles a default `make train`
+run (about 8 minutes on 2 shared cores); `reference` runs maelab and the design's code side by
+side when `--reference` names a checkout of it (skipped otherwise).
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ SUITE: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
                {"years": [1, 2], "windows": 16, "seq_len": 30, "concurrent": True,
                 "prepare_here": True}),
     "config_error": ("benchmarks.config_error", {}, {"repeats": 1, "warmup": 0}),
+    "phases": ("benchmarks.phases", {},
+               {"overrides": ["debug=fast", *TINY_SDMAE]}),
+    "reference": ("benchmarks.reference", {},
+                  {"runs": 1, "epochs": 2, "n_train": 128, "n_val": 64, "n_test": 64,
+                   "default_batch_epochs": 2}),
 }
 
 
@@ -119,6 +127,30 @@ def _rows_of(name: str, r: dict[str, Any]) -> list[Row]:
 
     if "error" in r:
         return [row(name, f"not available: {r['error']}")]
+    if "skipped" in r:
+        return [row(name, r["skipped"])]
+    if name == "phases":
+        p = {x["phase"]: x for x in r["profile"]}
+        parts = [(k, p[k]["wall"]) for k in ("import", "fit · training", "fit · validation",
+                                              "figures") if k in p]
+        return [row("make train · phases",
+                    f"{r['wall']:.0f} s wall ({r['cpu']:.0f} s CPU): "
+                    + ", ".join(f"{k.replace('fit · ', '')} {v:.1f} s" for k, v in parts),
+                    "table below")]
+    if name == "reference":
+        e, st, sd = r["end_to_end_wall"], r["steady_cpu"], r["settings"]
+        return [row("vs design · end to end",
+                    f"maelab {e['maelab_s']:.1f} s · design {e['design_s']:.1f} s "
+                    f"(median of {sd['runs']}, wall)",
+                    f"{e['speedup']:.2f}× faster (CPU time {r['end_to_end_cpu']['speedup']:.2f}×)",
+                    "≥ 2×", e["speedup"] >= 2),
+                row("vs design · steady state",
+                    f"batch {sd['batch_size']}: maelab {_fmt_rate(st['maelab_windows_per_s'])} · "
+                    f"design {_fmt_rate(st['design_windows_per_s'])} windows/s; maelab at batch "
+                    f"{sd['default_batch_size']}: {_fmt_rate(st['maelab_default_batch_windows_per_s'])}",
+                    f"{st['speedup_same_batch']:.2f}× same batch (CPU time; "
+                    f"{st['speedup_default_batches']:.2f}× at each default)",
+                    "≥ 2.5×", st["speedup_same_batch"] >= 2.5)]
     if name == "sdmae_throughput":
         out = []
         for strategy, s in r.items():
@@ -152,7 +184,8 @@ def _rows_of(name: str, r: dict[str, Any]) -> list[Row]:
         s = r["settings"]
         return [row(f"MFU · MM-MAE d={s['d_model']}",
                     f"{r['flops']['model'] / 1e9:.1f} GFLOP/step in {r['step_s']:.2f} s = "
-                    f"{r['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s; peak GEMM "
+                    f"{r['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s; peak "
+                    f"{s.get('gemm_dtype', 'float32')} GEMM "
                     f"{r['peak_gemm_flops_per_s'] / 1e9:.1f} GFLOP/s",
                     f"{r['mfu']:.0%} MFU", "≥ 30 %", r["mfu"] >= 0.30)]
     if name == "hydro_loader":
@@ -207,6 +240,13 @@ def print_table(results: dict[str, Any]) -> None:
                       {True: "✓", False: "✗", None: ""}[r["met"]], f"{rss:,.0f}" if show else "")
     console = Console(width=200)
     console.print(table)
+    phases = results["benchmarks"].get("phases", {})
+    if "profile" in phases:
+        from benchmarks.phases import format_profile
+
+        console.print(format_profile(phases["profile"], "make train: phase profile "
+                                     f"({' '.join(phases['settings']['overrides']) or 'default run'})"),
+                      markup=False)
     console.print(f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB RAM; GPU: {m['gpu'] or 'none'};"
                   f" torch {m['torch']}; {s['threads'] or 'default'} thread(s); load average at start "
                   f"{m['load_average']}; {'one process per benchmark' if s['isolate'] else 'one process'};"
@@ -214,7 +254,8 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def run_suite(quick: bool, out: Path, only: list[str] | None, threads: int,
-              isolate: bool) -> dict[str, Any]:
+              isolate: bool, reference: str | None = None,
+              reference_python: str | None = None) -> dict[str, Any]:
     """Run the selected benchmarks, write `out`; the results dict."""
     names = only or list(SUITE)
     unknown = [n for n in names if n not in SUITE]
@@ -226,12 +267,20 @@ def run_suite(quick: bool, out: Path, only: list[str] | None, threads: int,
     results: dict[str, Any] = {
         "machine": machine(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": {"quick": quick, "threads": threads, "isolate": isolate, "out": str(out),
-                     "benchmarks": names},
+                     "benchmarks": names, "reference": reference},
         "benchmarks": {},
     }
     t0 = time.perf_counter()
     for name in names:
         kwargs = SUITE[name][2 if quick else 1]
+        if name == "reference":
+            if not reference:
+                from benchmarks.reference import SKIP
+
+                log.info("reference %s", SKIP)
+                results["benchmarks"][name] = {"skipped": SKIP}
+                continue
+            kwargs = {**kwargs, "reference": reference, "reference_python": reference_python}
         log.info("running %s %s", name, kwargs)
         try:
             results["benchmarks"][name] = runner(name, kwargs)
@@ -254,6 +303,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: default)")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="one fresh process per benchmark (default: on, off with --quick)")
+    p.add_argument("--reference", help="checkout of the design's code (yunkio/anomaly_mae "
+                   "@942b94e) for the side-by-side row; skipped without it")
+    p.add_argument("--reference-python", help="interpreter with the design's requirements "
+                   "(default: this one)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -265,7 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
     isolate = not args.quick if args.isolate is None else args.isolate
-    results = run_suite(args.quick, args.out, args.only, args.threads, isolate)
+    results = run_suite(args.quick, args.out, args.only, args.threads, isolate, args.reference,
+                        args.reference_python)
     print_table(results)
     return results
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,3 +103,32 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
+
+
+def run_process(cmd: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None,
+                cwd: Path = ROOT) -> dict[str, Any]:
+    """Run `cmd` to completion, stdout and stderr into `log_path`.
+
+    Returns its exit code, wall-clock seconds (measured here) and CPU seconds (user + system of
+    that process and the children it waited for, from the kernel's accounting).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                env=None if env is None else dict(env))
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"returncode": proc.returncode, "wall": wall, "cpu": usage.ru_utime + usage.ru_stime}
+
+
+def log_tail(log_path: Path, lines: int = 1) -> str:
+    """The last non-empty lines of a log (the error of a failed job)."""
+    text = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    return "\n".join(text[-lines:])
+
+
+def single_thread_env(**extra: str) -> dict[str, str]:
+    """This environment with one OpenMP thread, passive waits and `extra`."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive", **extra}

@@ -7,8 +7,9 @@ and days hidden). FLOPs are counted analytically from the model's shapes (`step_
 products only, 2 per multiply-add; backward = 2 × forward, or 1 × where the input needs no
 gradient; attention backward without the score recomputation of fused kernels), and
 cross-checked with `torch.utils.flop_counter.FlopCounterMode` (which adds that recomputation).
-The peak rate is a large fp32 `torch.mm`. Steps and GEMMs alternate in one run; each is the
-median of `repeats` after `warmup`. MFU = analytic FLOPs / step time / peak GEMM FLOP/s.
+The peak rate is a large `torch.mm` in the step's precision: fp32 (2048³) on a CPU, bf16 (8192³)
+on a GPU, where the step runs under bf16 autocast. Steps and GEMMs alternate in one run; each is
+the median of `repeats` after `warmup`. MFU = analytic FLOPs / step time / peak GEMM FLOP/s.
 
     python -m benchmarks.mfu
 """
@@ -97,9 +98,10 @@ def counted_flops(step: Callable[[], None]) -> int:
     return int(counter.get_total_flops())
 
 
-def gemm_rate(n: int, device: torch.device) -> tuple[Callable[[], torch.Tensor], int]:
-    """A callable doing one (n × n) @ (n × n) fp32 product, and its FLOPs."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def gemm_rate(n: int, device: torch.device, dtype: torch.dtype = torch.float32
+              ) -> tuple[Callable[[], torch.Tensor], int]:
+    """A callable doing one (n × n) @ (n × n) product in `dtype`, and its FLOPs."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     return (lambda: torch.mm(a, b)), 2 * n ** 3
 
 
@@ -127,14 +129,17 @@ def build(d_model: int, depth: int, heads: int, batch_size: int, ratio: float, s
 
 
 def run(d_model: int = 256, depth: int = 4, heads: int = 4, batch_size: int = 4,
-        ratio: float = 0.75, repeats: int = 5, warmup: int = 1, gemm_n: int = 2048, seed: int = 0,
-        device: str | None = None) -> dict[str, Any]:
+        ratio: float = 0.75, repeats: int = 5, warmup: int = 1, gemm_n: int | None = None,
+        seed: int = 0, device: str | None = None) -> dict[str, Any]:
     """Analytic and counted FLOPs, step time, peak GEMM rate and MFU (module docstring)."""
     dev = device_of(device)
+    gpu = dev.type == "cuda"
+    gemm_n = gemm_n or (8192 if gpu else 2048)
+    gemm_dtype = torch.bfloat16 if gpu else torch.float32  # the step's precision (bf16 autocast)
     model, step = build(d_model, depth, heads, batch_size, ratio, seed, dev)
     flops = step_flops(model, batch_size, ratio, N_STATIC)
     counted = counted_flops(step)  # also the first warm-up step
-    mm, mm_flops = gemm_rate(gemm_n, dev)
+    mm, mm_flops = gemm_rate(gemm_n, dev, gemm_dtype)
     for _ in range(warmup):
         step()
         mm()
@@ -149,7 +154,8 @@ def run(d_model: int = 256, depth: int = 4, heads: int = 4, batch_size: int = 4,
         "settings": {"d_model": d_model, "depth": depth, "heads": heads, "batch_size": batch_size,
                      "ratio": ratio, "repeats": repeats, "warmup": warmup, "gemm_n": gemm_n,
                      "device": str(dev), "threads": torch.get_num_threads(),
-                     "dtype": "bf16 autocast" if dev.type == "cuda" else "fp32",
+                     "dtype": "bf16 autocast" if gpu else "fp32",
+                     "gemm_dtype": str(gemm_dtype).removeprefix("torch."),
                      "target_mfu": 0.30},
     }
 

@@ -18,7 +18,7 @@ from tests.conftest import compose_cfg
 SMD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smd"
 needs_smd = pytest.mark.skipif(not SMD.is_dir(), reason="shared SMD data not available")
 METHODS = ["SD-MAE discrepancy", "SD-MAE reconstruction", "SD-MAE combined", "PCA",
-           "IsolationForest", "random"]
+           "IsolationForest", "ECOD", "COPOD", "KNN", "LOF", "HBOS", "PCA reconstruction", "random"]
 
 
 @pytest.fixture
@@ -49,14 +49,15 @@ def test_scored_points_tile_the_series_after_the_first_window(tiny_dm: SMDDataMo
 def test_baselines_on_a_tiny_slice(tiny_dm: SMDDataModule) -> None:
     ds = tiny_dm.test_dataloader().dataset
     n_test = len(scored_points(ds, tiny_dm.seq_length, tiny_dm.mask_last_n))
-    out = evaluate_baselines(tiny_dm, ["pca", "iforest", "random"],
-                             {"method": "percentile", "percentile": 99.0}, n_test)
-    assert list(out) == ["pca", "iforest", "random"]
+    names = ["pca", "iforest", "ecod", "copod", "knn", "lof", "hbos", "pca_recon", "random"]
+    out = evaluate_baselines(tiny_dm, names, {"method": "percentile", "percentile": 99.0}, n_test)
+    assert list(out) == names
     for m in out.values():
         assert (m["n"], m["n_anomalous"]) == (n_test, 4)
         assert m["threshold_rule"] == "percentile"
         assert all(np.isfinite(m[k]) for k in ("auprc", "auroc", "vus_pr", "f1", "best_f1_oracle"))
-    assert out["pca"]["auprc"] > 0.9 > out["random"]["auprc"]
+    assert out["pca_recon"]["auprc"] > 0.9 > out["random"]["auprc"]
+    assert min(out[n]["auprc"] for n in names if n != "random") > out["random"]["auprc"]
     with pytest.raises(ValueError, match="test points requested"):
         evaluate_baselines(tiny_dm, ["pca"], {"method": "percentile", "percentile": 99.0},
                            n_test + 1)
@@ -88,7 +89,7 @@ def test_benchmark_one_machine_fast(fast_run: tuple[Path, pd.DataFrame, str]) ->
     assert per_machine["threshold_rule"].eq("percentile").all()
     md = (out / "smd_benchmark.md").read_text()
     assert "## Mean over machines" in md and "### machine-1-2" in md and "| PCA |" in md
-    assert "## AUC-PR per machine" in md and "SD-MAE reconstruction vs PCA" in md
+    assert "## AUC-PR per machine" in md and "SD-MAE reconstruction vs PCA reconstruction" in md
     assert "machine-1-2" in printed and "mean over 1 machines" in printed
     assert (out / "machine-1-2" / "checkpoints" / "best.ckpt").is_file()
     assert len(table) == 2 * len(METHODS)

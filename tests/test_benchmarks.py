@@ -13,6 +13,7 @@ import torch
 
 from benchmarks.__main__ import SUITE, main
 from benchmarks.mfu import build, counted_flops, step_flops
+from benchmarks.reference import SKIP
 
 
 def _finite_positive(x: float) -> bool:
@@ -34,7 +35,10 @@ def test_quick_suite_writes_every_benchmark(quick):
     assert set(quick) >= {"machine", "settings", "benchmarks", "targets", "seconds", "started"}
     assert quick["settings"]["quick"] is True
     assert list(quick["benchmarks"]) == list(SUITE)
+    assert quick["benchmarks"]["reference"] == {"skipped": SKIP}  # no checkout given
     for name, result in quick["benchmarks"].items():
+        if name == "reference":
+            continue
         assert "error" not in result, f"{name}: {result.get('error')}"
         assert _finite_positive(result["seconds"])
         assert _finite_positive(result["memory"]["peak_rss_mb"])
@@ -68,6 +72,12 @@ def test_quick_suite_figures(quick):
     assert _finite_positive(b["mfu"]["mfu"]) and b["mfu"]["counted_vs_analytic"] == pytest.approx(1)
     assert _finite_positive(b["hydro_loader"]["speedup"])
     assert _finite_positive(b["hydro_step"]["step_over_loader"])
+    profile = b["phases"]["profile"]  # a tiny train.py run: its phases add up to its wall time
+    assert profile[-1]["phase"] == "total" and profile[-1]["wall"] == pytest.approx(b["phases"]["wall"])
+    assert sum(r["wall"] for r in profile[:-1]) == pytest.approx(profile[-1]["wall"])
+    assert {"start-up", "import", "data", "fit · training", "fit · validation", "calibration",
+            "test", "figures", "exit"} <= {r["phase"] for r in profile}
+    assert all(r["wall"] >= 0 for r in profile if r["phase"] not in ("other", "fit · other"))
     mem = b["memory"]
     for y in mem["settings"]["years"]:
         assert _finite_positive(mem[f"{y}y"]["read"]["peak_anon_mb"])

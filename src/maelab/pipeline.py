@@ -34,19 +34,22 @@ from omegaconf import DictConfig, OmegaConf
 from maelab.core.config import check_optimized_metric, load_model_config, validate_config
 from maelab.core.errors import ConfigError, DataError
 from maelab.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint
+from maelab.core.phases import PHASES
 from maelab.core.rundir import claim_run_dir, is_first_rank
 from maelab.lit.base import MaeModule
+from maelab.lit.phases import FitPhases
 from maelab.report.tables import print_metrics_table
 
 log = logging.getLogger(__name__)
 
 
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The configured DataModule, prepared and set up for fitting. A bad `data.*` setting raises
-    the DataModule's own ConfigError / DataError (not Hydra's wrapper of it)."""
+def build_datamodule(cfg: DictConfig, stage: str = "fit") -> L.LightningDataModule:
+    """The configured DataModule, prepared and set up for `stage` (fit: train + validation data;
+    test: what testing needs). A bad `data.*` setting raises the DataModule's own ConfigError /
+    DataError (not Hydra's wrapper of it)."""
     dm = _instantiate(cfg.data, "data")
     dm.prepare_data()
-    dm.setup("fit")
+    dm.setup(stage)
     return dm
 
 
@@ -175,15 +178,18 @@ def _train(cfg: DictConfig, out_dir: Path, print_table: bool) -> tuple[dict[str,
         save_run_config(cfg, out_dir)
     L.seed_everything(cfg.seed, workers=True)
     # the trainer first: a bad trainer / callback / logger setting fails before any data work
-    trainer = build_trainer(cfg, _instantiate_all(cfg.get("callbacks"), "callbacks"),
+    trainer = build_trainer(cfg, [*_instantiate_all(cfg.get("callbacks"), "callbacks"), FitPhases()],
                             logger=_instantiate_all(cfg.get("logger"), "logger") or False,
                             strategy=_strategy(cfg))
-    dm = build_datamodule(cfg)
+    with PHASES.phase("data"):
+        dm = build_datamodule(cfg)
     check_optimized_metric(cfg, load_model_config(cfg), dm.info())
-    module = build_module(cfg, dm)
-    if resume is not None:  # Lightning loads it again in fit: here a mismatch is explained
-        load_weights(module, load_checkpoint(resume, "ckpt_path"), dm, "ckpt_path", cfg.ckpt_path)
-    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
+    with PHASES.phase("model"):
+        module = build_module(cfg, dm)
+        if resume is not None:  # Lightning loads it again in fit: here a mismatch is explained
+            load_weights(module, load_checkpoint(resume, "ckpt_path"), dm, "ckpt_path", cfg.ckpt_path)
+    with PHASES.phase("fit"):
+        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     ckpt_cb = trainer.checkpoint_callback  # the first: best.ckpt (conf/callbacks); then last.ckpt
     best = Path(next(c.best_model_path for c in trainer.checkpoint_callbacks if c.best_model_path))
     # spawned ranks send back fitted weights only, not calibration: evaluate in this process then
@@ -196,6 +202,7 @@ def _train(cfg: DictConfig, out_dir: Path, print_table: bool) -> tuple[dict[str,
         metrics["optimized_metric_name"] = str(cfg.optimized_metric)
     if trainer.is_global_zero:
         atomic_write_json(out_dir / "metrics.json", metrics)
+        atomic_write_json(out_dir / "timings.json", PHASES.take())
     return metrics, {"trainer": trainer, "module": module, "datamodule": dm}
 
 
@@ -237,10 +244,13 @@ def evaluate_checkpoint(
 
     Uses the base module's interface only (`maelab.lit.base.MaeModule`).
     """
-    state = load_checkpoint(ckpt_path, "ckpt")
-    dm = datamodule or build_datamodule(cfg)
-    module = build_module(cfg, dm)
-    load_weights(module, state, dm, "ckpt", ckpt_path)
+    with PHASES.phase("checkpoint load"):
+        state = load_checkpoint(ckpt_path, "ckpt")
+    with PHASES.phase("data"):  # the validation split only if calibration needs it
+        dm = datamodule or build_datamodule(cfg, stage="test")
+    with PHASES.phase("model"):
+        module = build_module(cfg, dm)
+        load_weights(module, state, dm, "ckpt", ckpt_path)
     if trainer is None:  # one device: results are the same as gathered over ranks
         trainer = build_trainer(
             cfg, _instantiate_all(
@@ -248,16 +258,21 @@ def evaluate_checkpoint(
                 "callbacks"),
             logger=False, devices=1, num_nodes=1, strategy="auto")
     if recalibrate or not module.calibrated:
-        module.calibrate(trainer, dm)
-        if write_calibration and trainer.is_global_zero:
-            state["state_dict"] = {**state["state_dict"], **module.calibration_state()}
-            atomic_torch_save(ckpt_path, state)
-    trainer.test(module, datamodule=dm, verbose=False)
+        with PHASES.phase("calibration"):
+            module.calibrate(trainer, dm)
+            if write_calibration and trainer.is_global_zero:
+                state["state_dict"] = {**state["state_dict"], **module.calibration_state()}
+                atomic_torch_save(ckpt_path, state)
+    with PHASES.phase("test data"):
+        dm.setup("test")
+    with PHASES.phase("test"):
+        trainer.test(module, datamodule=dm, verbose=False)
     metrics = {"model": module.name, "checkpoint": str(ckpt_path), **module.summary()}
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         atomic_write_json(out_dir / "metrics.json", metrics)
-        _log_figures(trainer.loggers, module.write_figures(dm, out_dir / "figures"))
-        module.write_tables(dm, out_dir)
+        with PHASES.phase("figures"):
+            _log_figures(trainer.loggers, module.write_figures(dm, out_dir / "figures"))
+            module.write_tables(dm, out_dir)
         if print_table:
             print_metrics_table(metrics)
     return metrics
@@ -349,5 +364,7 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
         OmegaConf.update(run_cfg, key, value, merge=not replace, force_add=True)
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
-    return evaluate_checkpoint(run_cfg, ckpt_path, run_dir / "eval",
-                               recalibrate="threshold" in overrides, print_table=print_table)
+    metrics = evaluate_checkpoint(run_cfg, ckpt_path, run_dir / "eval",
+                                  recalibrate="threshold" in overrides, print_table=print_table)
+    atomic_write_json(run_dir / "eval" / "timings.json", PHASES.take())
+    return metrics

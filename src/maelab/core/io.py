@@ -1,5 +1,9 @@
 """Atomic file writes (a crash mid-write never leaves a truncated result behind) and checkpoint
-loads that never run code. Imports torch only when a checkpoint is read or written."""
+loads that never run code.
+
+torch is imported where a checkpoint is written or read, so the Hydra callbacks that write
+status files start without it.
+"""
 
 from __future__ import annotations
 

@@ -1,16 +1,19 @@
-"""Classical point-scoring baselines for long series (scikit-learn).
+"""Classical point-scoring baselines for long series.
 
+The field's standard detectors come from pyod with its defaults (`PyODBaseline`: PCA,
+IsolationForest, ECOD, COPOD, KNN, LOF, HBOS); beside them the squared PCA reconstruction error
+(`pca_recon`, scikit-learn: the floor the SMD target was set against) and a seeded random floor.
 Common interface: ``fit(train (T, F)) -> self`` then ``score(series (T, F)) -> (T,)``, higher
-meaning more anomalous. `BASELINES` maps a name to its class; `make_baseline` builds one.
+meaning more anomalous. `BASELINES` lists the names; `make_baseline` builds one.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
 
 from maelab.core.errors import ConfigError, DataError
 
@@ -51,7 +54,7 @@ class Baseline:
         raise NotImplementedError
 
 
-class PCABaseline(Baseline):
+class PCAReconstructionBaseline(Baseline):
     """Squared PCA reconstruction error (mean over features) of train-z-scored points."""
 
     def __init__(self, variance: float = 0.9) -> None:
@@ -61,6 +64,8 @@ class PCABaseline(Baseline):
 
     def _fit(self, train: np.ndarray) -> None:
         """Z-score with train statistics; keep components explaining `variance` of it."""
+        from sklearn.decomposition import PCA
+
         self.loc = train.mean(axis=0)  # (F,)
         std = train.std(axis=0)
         self.scale = np.where(std > 0, std, 1.0)  # (F,)
@@ -75,21 +80,38 @@ class PCABaseline(Baseline):
         return ((z - recon) ** 2).mean(axis=1)
 
 
-class IsolationForestBaseline(Baseline):
-    """Isolation Forest; score = negative `score_samples` (higher = more anomalous)."""
+# name: (pyod module, detector class); each with pyod's default settings
+PYOD_DETECTORS = {
+    "pca": ("pyod.models.pca", "PCA"),
+    "iforest": ("pyod.models.iforest", "IForest"),
+    "ecod": ("pyod.models.ecod", "ECOD"),
+    "copod": ("pyod.models.copod", "COPOD"),
+    "knn": ("pyod.models.knn", "KNN"),
+    "lof": ("pyod.models.lof", "LOF"),
+    "hbos": ("pyod.models.hbos", "HBOS"),
+}
 
-    def __init__(self, n_estimators: int = 100, max_samples: int | str = "auto", seed: int = 0):
-        self.forest = IsolationForest(
-            n_estimators=n_estimators, max_samples=max_samples, random_state=seed
-        )
+
+class PyODBaseline(Baseline):
+    """A pyod detector fitted on the training series; score = its `decision_function` (higher =
+    more anomalous). Randomised detectors (IsolationForest) take `seed` as `random_state`."""
+
+    def __init__(self, detector: str, seed: int = 0, **kwargs: Any) -> None:
+        if detector not in PYOD_DETECTORS:
+            raise ConfigError("baseline", detector, list(PYOD_DETECTORS))
+        module, name = PYOD_DETECTORS[detector]
+        cls = getattr(importlib.import_module(module), name)
+        if "random_state" in inspect.signature(cls).parameters:
+            kwargs.setdefault("random_state", seed)
+        self.detector = cls(**kwargs)
 
     def _fit(self, train: np.ndarray) -> None:
-        """Grow the forest on `train` (T, F)."""
-        self.forest.fit(train)
+        """Fit the detector on `train` (T, F)."""
+        self.detector.fit(train)
 
     def score(self, series: np.ndarray) -> np.ndarray:
-        """Negative isolation score per point; (T,)."""
-        return -self.forest.score_samples(self._inputs(series))
+        """The detector's outlier score per point; (T,)."""
+        return np.asarray(self.detector.decision_function(self._inputs(series)), dtype=np.float64)
 
 
 class RandomBaseline(Baseline):
@@ -103,15 +125,15 @@ class RandomBaseline(Baseline):
         return np.random.default_rng(self.seed).random(len(self._inputs(series)))
 
 
-BASELINES: dict[str, type[Baseline]] = {
-    "pca": PCABaseline,
-    "iforest": IsolationForestBaseline,
-    "random": RandomBaseline,
-}
+BASELINES = (*PYOD_DETECTORS, "pca_recon", "random")
 
 
-def make_baseline(name: str, **kwargs: Any) -> Baseline:
-    """Instantiate the baseline registered under `name`."""
-    if name not in BASELINES:
-        raise ConfigError("baseline", name, list(BASELINES))
-    return BASELINES[name](**kwargs)
+def make_baseline(name: str, seed: int = 0, **kwargs: Any) -> Baseline:
+    """The baseline registered under `name` (`seed` for those that draw random numbers)."""
+    if name in PYOD_DETECTORS:
+        return PyODBaseline(name, seed=seed, **kwargs)
+    if name == "pca_recon":
+        return PCAReconstructionBaseline(**kwargs)
+    if name == "random":
+        return RandomBaseline(seed=seed, **kwargs)
+    raise ConfigError("baseline", name, list(BASELINES))

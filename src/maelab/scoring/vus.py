@@ -1,19 +1,22 @@
 """VUS-PR: volume under the range-PR surface (Paparrizos et al., VLDB 2022).
 
-Follows the published definition (reference code: TheDatumOrg/VUS, ``RangeAUC_volume_opt``).
-For a buffer width ℓ, every true segment [s, e] gets soft labels on ℓ // 2 points each side,
-``sqrt(1 - d / ℓ)`` at distance d (overlaps summed, capped at 1). At each threshold
-(``score >= t``, t on ``n_thresholds`` evenly spaced ranks of the sorted scores):
+Computes what the authors' reference code computes (TheDatumOrg/VUS, package `vus`,
+``metricor().RangeAUC_volume_opt``; `tests/test_scoring_vus.py` checks equality to 1e-12 where
+that package is importable). For a buffer width ℓ, every true segment [s, e] gets soft labels on
+ℓ // 2 points each side, ``sqrt(1 - d / ℓ)`` at distance d (overlaps summed, capped at 1). At
+each threshold (``score >= t``, t on ``n_thresholds`` evenly spaced ranks of the sorted scores):
 
 - TP = Σ soft · pred, precision = TP / #pred,
-- recall = min(TP / P', 1) with P' = (#true points + Σ soft) / 2,
+- recall = min(TP / P', 1) with P' = (#true points + #true points + Σ soft · pred over the
+  buffers) / 2: the buffer mass counts in the denominator only where it is flagged,
 - TPR = recall · existence, existence = share of buffered (merged) segments with a flag.
 
-Range-AUC-PR(ℓ) is the trapezoid area of precision over TPR starting from (0, 1); VUS-PR is
-its mean over ℓ = 0..max_window. The reference code is called with max_window = 2 × the typical
-anomaly/period length. With buffers (ℓ >= 2) even a detector flagging exactly the anomalous
-points scores below 1 (P' holds half the buffer mass): the measure rewards scores that also rise
-around an anomaly. Vectorised over thresholds with sorted-score cumulative sums.
+Range-AUC-PR(ℓ) = Σ over thresholds of ΔTPR × precision (a step sum from TPR 0, as the
+reference code integrates; at ℓ = 0 with one segment it is the average precision); VUS-PR is its
+mean over ℓ = 0..max_window. The reference code is called with max_window = 2 × the typical
+anomaly/period length. Flagging exactly the anomalous points scores 1; scores that also rise
+around an anomaly raise TP by the flagged buffer mass, and the denominator by half of it.
+Vectorised over thresholds with sorted-score cumulative sums.
 """
 
 from __future__ import annotations
@@ -82,17 +85,17 @@ def _range_ap_per_window(
     n_pred = n - np.searchsorted(desc[::-1], thresholds, side="left")  # (K,) #(score >= t)
     starts, ends = _segments(y)
     n_true = float(y.sum())
+    true_hits = np.cumsum(y[order])[n_pred - 1]  # (K,) flagged true points
     aps = np.empty(windows.size)
     for i, window in enumerate(windows):
         soft = _soft_labels(y, starts, ends, int(window))  # (N,)
         tp = np.cumsum(soft[order])[n_pred - 1]  # (K,)
-        p_new = (n_true + soft.sum()) / 2.0
+        p_new = n_true + (tp - true_hits) / 2.0  # (P + P + flagged buffer mass) / 2
         recall = np.minimum(tp / p_new, 1.0)
         seg_max = _buffered_segment_max(scores, starts, ends, int(window) // 2)  # (G,)
         existence = (seg_max[:, None] >= thresholds[None, :]).mean(axis=0)  # (K,)
         tpr = np.concatenate(([0.0], recall * existence))  # (K+1,)
-        precision = np.concatenate(([1.0], tp / n_pred))  # (K+1,)
-        aps[i] = np.dot(np.diff(tpr), (precision[1:] + precision[:-1]) / 2.0)
+        aps[i] = np.dot(np.diff(tpr), tp / n_pred)  # step sum: ΔTPR × precision
     return aps
 
 

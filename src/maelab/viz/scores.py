@@ -1,4 +1,9 @@
-"""Anomaly-score figures of any detector: ROC / PR curves, score histograms, scores over time."""
+"""Anomaly-score figures of any detector: ROC / PR curves, score histograms, scores over time.
+
+Curves and their areas come from torchmetrics on the scores' ranks: a monotone map into [0, 1]
+that keeps every tie and every order, so the curves are those of the raw scores (torchmetrics
+would squash scores outside [0, 1] with a sigmoid).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,30 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
-from sklearn.metrics import (
-    average_precision_score,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_precision_recall_curve,
+    binary_roc,
 )
 
-from maelab.viz.common import ANOMALY, NORMAL, ArrayLike, save, shade_anomalies, to_numpy
+from maelab.viz.common import (
+    ANOMALY,
+    NORMAL,
+    ArrayLike,
+    fixed_figure,
+    save,
+    shade_anomalies,
+    to_numpy,
+)
+
+
+def rank_scores(scores: np.ndarray) -> torch.Tensor:
+    """(N,) float64 ranks of the distinct scores scaled into [0, 1]; ties stay tied."""
+    distinct, rank = np.unique(scores, return_inverse=True)
+    return torch.from_numpy(rank.reshape(-1) / max(1, len(distinct) - 1))
 
 
 def plot_roc_pr(
@@ -23,18 +43,19 @@ def plot_roc_pr(
     title: str | None = None,
 ) -> Figure:
     """ROC (left) and PR (right) curves, one per score type {name: (scores (N,), labels (N,))}."""
-    fig = Figure(figsize=(10, 4.5), layout="constrained")
-    ax_roc, ax_pr = fig.subplots(1, 2)
+    fig = fixed_figure(10, 4.5, top=0.7 if title else 0.35)
+    ax_roc, ax_pr = fig.subplots(1, 2, gridspec_kw={"wspace": 0.2})
     for name, (scores, labels) in scores_by_name.items():
         s, y = to_numpy(scores).astype(np.float64).ravel(), to_numpy(labels).ravel() != 0
         if y.all() or not y.any():
             ax_roc.plot([], [], label=f"{name} (one class only)")
             continue
-        fpr, tpr, _ = roc_curve(y, s)
-        precision, recall, _ = precision_recall_curve(y, s)
-        line = ax_roc.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(y, s):.3f})")[0]
+        u, t = rank_scores(s), torch.from_numpy(y).long()
+        fpr, tpr, _ = binary_roc(u, t)
+        precision, recall, _ = binary_precision_recall_curve(u, t)
+        line = ax_roc.plot(fpr, tpr, label=f"{name} (AUROC {float(binary_auroc(u, t)):.3f})")[0]
         ax_pr.step(recall, precision, where="post", color=line.get_color(),
-                   label=f"{name} (AUPRC {average_precision_score(y, s):.3f})")
+                   label=f"{name} (AUPRC {float(binary_average_precision(u, t)):.3f})")
     ax_roc.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC",
                xlim=(0, 1), ylim=(0, 1.02))
@@ -60,7 +81,7 @@ def plot_score_histograms(
     Bins are log-spaced (log x-axis) when scores are positive and span over 3 decades.
     """
     s, y = to_numpy(scores).astype(np.float64).ravel(), to_numpy(labels).ravel() != 0
-    fig = Figure(figsize=(6.5, 4), layout="constrained")
+    fig = fixed_figure(6.5, 4)
     ax = fig.subplots()
     log_x = bool(s.min() > 0 and s.max() / s.min() > 1e3)
     if log_x:
@@ -92,7 +113,7 @@ def plot_series_scores(
     Unscored (NaN) points leave gaps.
     """
     s, y = to_numpy(score).astype(np.float64).ravel(), to_numpy(labels).ravel()
-    fig = Figure(figsize=(12, 3.5), layout="constrained")
+    fig = fixed_figure(12, 3.5, left=0.7)
     ax = fig.subplots()
     shade_anomalies(ax, y)
     ax.plot(np.arange(s.size), s, color="black", lw=0.7, label=name)

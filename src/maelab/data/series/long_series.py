@@ -82,11 +82,6 @@ def fit_normalization(train: np.ndarray, method: str) -> tuple[np.ndarray, np.nd
     return loc.astype(np.float32), scale.astype(np.float32)  # (F,), (F,)
 
 
-def _collate(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """`SeriesWindowDataset.__getitems__` already returns a batch; pass it through."""
-    return batch
-
-
 class SeriesWindowDataset(Dataset):
     """Fixed-length windows cut on access from one (N, F) block of concatenated series.
 
@@ -170,7 +165,6 @@ class LongSeriesDataModule(SeriesDataModule):
     """
 
     eval_level = "point"
-    collate = staticmethod(_collate)
 
     def __init__(
         self,

@@ -9,6 +9,9 @@ from maelab.core.errors import ConfigError
 from maelab.data.series.synthetic import ANOMALY_TYPES, feature_names, generate_windows
 from maelab.data.series.windows import SeriesDataModule, WindowDataset
 
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                "predict": ("test",)}
+
 
 class SyntheticAnomalyDataModule(SeriesDataModule):
     """Contaminated train split (unlabelled + a few labelled anomalies), labelled val and test.
@@ -66,19 +69,25 @@ class SyntheticAnomalyDataModule(SeriesDataModule):
         self.datasets: dict[str, WindowDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+        """Generate the splits `stage` needs (fit: train + val; validate: val; test: test; None:
+        all), each once. Training statistics z-score every split, so train comes first."""
+        for split in STAGE_SPLITS.get(stage, tuple(self.splits)):
+            self._build(split)
+
+    def _build(self, split: str) -> None:
+        if split in self.datasets:
             return
-        raw = {
-            name: generate_windows(n, anomaly_share=share, labelled_share=lab,
-                                   seed=self.seed + k, **self.kw)
-            for k, (name, (n, share, lab)) in enumerate(self.splits.items())
-        }
-        flat = raw["train"].x.reshape(-1, self.num_features)
-        self.mean, self.std = flat.mean(axis=0), flat.std(axis=0) + 1e-6  # (F,) train statistics
-        for name, w in raw.items():
-            x = ((w.x - self.mean) / self.std).astype(np.float32)
-            self.datasets[name] = WindowDataset(x, w.point_labels, w.anomaly_type, w.labelled)
+        if split != "train":
+            self._build("train")
+        n, share, lab = self.splits[split]
+        w = generate_windows(n, anomaly_share=share, labelled_share=lab,
+                             seed=self.seed + list(self.splits).index(split), **self.kw)
+        if split == "train":
+            flat = w.x.reshape(-1, self.num_features)
+            self.mean, self.std = flat.mean(axis=0), flat.std(axis=0) + 1e-6  # (F,) train statistics
+        x = ((w.x - self.mean) / self.std).astype(np.float32)
+        self.datasets[split] = WindowDataset(x, w.point_labels, w.anomaly_type, w.labelled)
 
     def dataset(self, split: str) -> WindowDataset:
-        self.setup()
+        self._build(split)
         return self.datasets[split]

@@ -1,12 +1,13 @@
 """What every window DataModule shares: `SeriesDataModule` (its `info()` and the three loaders)
 and `WindowDataset`, windows held as in-memory arrays. Batches are `SeriesBatch` dicts
 (maelab.data.contracts): x (B, T, F), point_labels (B, T), labelled, label, anomaly_type, start,
-series (B,).
+series (B,). The window datasets build a whole batch by indexing (`__getitems__`), so the loaders
+pass it through (`whole_batch`) instead of collating one dict per window.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import lightning as L
@@ -18,13 +19,19 @@ from maelab.data.contracts import SeriesInfo
 from maelab.data.samplers import sharded_loader
 
 
+def whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Collate of datasets whose `__getitems__` already returns the batch: pass it through."""
+    return batch
+
+
 class SeriesDataModule(L.LightningDataModule):
     """Base of the window DataModules: subclasses set the attributes `info()` reads and
     implement `dataset(split)`; loaders shard by rank (maelab.data.samplers), shuffling training
     windows with `loader_seed` + epoch."""
 
     eval_level: ClassVar[str]  # "window" | "point"
-    collate: ClassVar[Callable[[Any], Any] | None] = None  # None: torch's default collate
+    # None: torch's default collate (for datasets of single windows without `__getitems__`)
+    collate: ClassVar[Callable[[Any], Any] | None] = staticmethod(whole_batch)
     seq_length: int
     num_features: int
     feature_names: list[str]
@@ -87,9 +94,15 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.x)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A whole batch by indexing: x (B, T, F), point_labels (B, T), the rest (B,)."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)  # (B,)
         return {
-            "x": self.x[i], "point_labels": self.point_labels[i], "labelled": self.labelled[i],
-            "label": self.label[i], "anomaly_type": self.anomaly_type[i],
-            "start": self.start[i], "series": self.series[i],
+            "x": self.x[idx], "point_labels": self.point_labels[idx], "labelled": self.labelled[idx],
+            "label": self.label[idx], "anomaly_type": self.anomaly_type[idx],
+            "start": self.start[idx], "series": self.series[idx],
         }
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """One window: x (T, F), point_labels (T,), scalars."""
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}

@@ -15,7 +15,7 @@ from matplotlib.patches import Patch
 
 from maelab.data.contracts import SeriesInfo
 from maelab.viz import scores
-from maelab.viz.common import ANOMALY, ArrayLike, save, shade_anomalies, to_numpy
+from maelab.viz.common import ANOMALY, ArrayLike, fixed_figure, save, shade_anomalies, to_numpy
 
 
 def plot_example_windows(
@@ -45,8 +45,9 @@ def plot_example_windows(
         raise ValueError(f"need point_labels of shape {(n_ex, n_steps)} and {n_ex} titles")
     names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(n_feat)]
     n_cols = min(max_features, n_feat)
-    fig = Figure(figsize=(4.2 * n_cols, 2.4 * n_ex + 0.6), layout="constrained")
-    axes = np.asarray(fig.subplots(n_ex, n_cols, squeeze=False))  # (K, n_cols)
+    fig = fixed_figure(4.2 * n_cols, 2.4 * n_ex + 0.6, left=0.45, right=0.1, bottom=0.3, top=0.6)
+    axes = np.asarray(fig.subplots(n_ex, n_cols, squeeze=False,
+                                   gridspec_kw={"hspace": 0.35, "wspace": 0.15}))  # (K, n_cols)
     steps = np.arange(n_steps)
     hidden = slice(n_steps - mask_last_n, n_steps)
     for k in range(n_ex):
@@ -67,7 +68,7 @@ def plot_example_windows(
                Line2D([], [], color="tab:blue", lw=1.0, ls="--", label="teacher")]
     if ss is not None:
         handles.append(Line2D([], [], color="tab:orange", lw=1.0, ls=":", label="student"))
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8)
+    fig.legend(handles=handles, loc="upper center", ncols=len(handles), fontsize=8)
     return save(fig, path)
 
 

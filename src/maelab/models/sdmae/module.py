@@ -66,6 +66,8 @@ class SDMAEModule(MaeModule):
         self._collected: list[dict[str, torch.Tensor]] = []
         self._train_sums: dict[str, torch.Tensor] = {}  # per-epoch Σ batch × loss part
         self._train_windows = 0
+        self._val_sums: dict[str, torch.Tensor] = {}
+        self._val_windows = 0
         self.examples: dict[int, dict[str, torch.Tensor]] = {}
         self._results: dict[str, Any] = {}
 
@@ -132,11 +134,27 @@ class SDMAEModule(MaeModule):
         self._collected.append(item)
         return out
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums, self._val_windows = {}, 0
+
     def validation_step(self, batch: SeriesBatch, batch_idx: int) -> None:
         parts = self._loss(batch, self._noise(batch, -1))  # fixed masks: comparable across epochs
-        self.log_dict({f"val/{k}": v for k, v in parts.items()}, on_epoch=True, prog_bar=False,
-                      batch_size=batch["x"].shape[0], sync_dist=True)
+        # batch-weighted epoch means, logged once in on_validation_epoch_end (as in training)
+        b = batch["x"].shape[0]
+        for k, v in parts.items():
+            self._val_sums[k] = self._val_sums.get(k, 0.0) + v * b
+        self._val_windows += b
         self._collect(batch)
+
+    def _log_val_losses(self) -> None:
+        """`val/<part>`: Σ batch × loss / Σ batch over all ranks' windows, the value (bit for
+        bit) of `log(..., on_epoch=True, batch_size=b, sync_dist=True)` per step."""
+        count = torch.tensor(self._val_windows, device=self.device)
+        sums = dict(self._val_sums)
+        if self.trainer.world_size > 1:
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+            sums = {k: self.trainer.strategy.reduce(v.clone(), reduce_op="sum") for k, v in sums.items()}
+        self.log_dict({f"val/{k}": v / count for k, v in sums.items()}, on_epoch=True, prog_bar=False)
 
     def test_step(self, batch: SeriesBatch, batch_idx: int) -> None:
         out = self._collect(batch)
@@ -208,6 +226,8 @@ class SDMAEModule(MaeModule):
         return scores | {"combined": z[0] + z[1]}
 
     def on_validation_epoch_end(self) -> None:
+        if self._val_windows:
+            self._log_val_losses()
         data = self._gathered()
         if not data:
             return
