@@ -209,6 +209,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = ckpt_path.parent.parent
     overrides = {k: cfg[k] for k in ("score", "mask_last_n", "threshold", "point_adjust", "data")
                  if cfg.get(k) is not None}
+    for group in ("eval", "scoring"):  # only the keys given on the command line
+        given = {k: v for k, v in (cfg.get(group) or {}).items() if v is not None}
+        if given:
+            overrides[group] = given
     run_cfg = OmegaConf.merge(run_cfg, {"paths": {"output_dir": str(run_dir)}})
     for key, value in overrides.items():
         OmegaConf.update(run_cfg, key, value, merge=key != "data", force_add=True)

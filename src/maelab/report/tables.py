@@ -8,8 +8,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-COLUMNS = ("auroc", "auprc", "vus_pr", "f1", "precision", "recall", "best_f1_oracle")
-HEADERS = {"best_f1_oracle": "best F1 (oracle)"}
+COLUMNS = ("auroc", "auroc_visible_in_context", "auroc_hidden_only", "auroc_context_only", "auprc",
+           "vus_pr", "f1", "precision", "recall", "best_f1_oracle")
+HEADERS = {"best_f1_oracle": "best F1 (oracle)", "auroc_visible_in_context": "auroc: visible in ctx",
+           "auroc_hidden_only": "auroc: hidden only", "auroc_context_only": "auroc: ctx only"}
 
 
 def _fmt(v: Any) -> str:
@@ -27,7 +29,11 @@ def print_metrics_table(metrics: dict[str, Any], console: Console | None = None)
     cols = [c for c in COLUMNS if c in numeric] or sorted(numeric - {"n", "n_anomalous"})
     title = f"{metrics['model']} test metrics"
     if "mask_last_n" in metrics:
-        title += f" ({metrics['level']} level, last {metrics['mask_last_n']} steps scored)"
+        title += f" ({metrics['level']} level, last {metrics['mask_last_n']} steps scored"
+        if "label_scope" in metrics:
+            where = "in the scored region" if metrics["label_scope"] == "scored" else "anywhere"
+            title += f"; labels: anomaly {where}; inference: {metrics['inference']}"
+        title += ")"
     table = Table(title=title)
     table.add_column("")
     for c in cols:
