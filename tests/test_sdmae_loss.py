@@ -91,14 +91,17 @@ def test_gap_from_another_pass():
 
 
 def test_relative_margin_has_no_flat_direction():
-    """Absolute margin: raising every d by the same amount (below the margin) leaves the loss
-    unchanged; relative margin: it costs."""
-    d = torch.tensor([0.1, 0.1, 0.3])
+    """Absolute margin: raising every d by the same amount (below the margin) leaves the loss and
+    its gradient along that direction at zero; relative margin: it costs, and the gradient says so."""
     anomalous = torch.tensor([False, False, True])
     for mode, flat in (("absolute", True), ("relative", False)):
+        d = torch.tensor([0.1, 0.1, 0.3], requires_grad=True)
         base = sum(discrepancy_terms(d, anomalous, 2.0, mode))
-        raised = sum(discrepancy_terms(d + 0.05, anomalous, 2.0, mode))
-        assert torch.isclose(base, raised) == flat, mode
+        base.backward()
+        raised = sum(discrepancy_terms(d.detach() + 0.05, anomalous, 2.0, mode))
+        assert bool(torch.isclose(base, raised)) == flat, mode
+        along = d.grad.sum()  # directional derivative along (1, 1, 1)
+        assert (abs(float(along)) < 1e-6) == flat and (flat or float(along) > 0), mode
 
 
 def test_feature_sum_scales_reconstruction_by_features():

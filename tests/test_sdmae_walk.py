@@ -13,8 +13,8 @@ STEPS = sorted(p.stem for p in Path(CONF, "walk").glob("s*.yaml"))
 
 
 def leaves(cfg) -> dict:
-    flat = {}
-    for group in ("model", "data", "trainer"):
+    flat = {k: cfg[k] for k in ("score", "patch_size", "masking_ratio", "mask_last_n")}
+    for group in ("model", "data", "trainer", "scoring", "eval"):
         node = OmegaConf.to_container(cfg[group], resolve=False)
 
         def walk(prefix, value):

@@ -8,7 +8,9 @@ The discrepancy d of a window is the mean squared teacher–student gap. Options
     push            labelled: every labelled anomaly is pushed | visible: only those whose anomaly
                     the encoder sees under the gap's mask (a hidden anomaly cannot move the gap)
     margin_mode     absolute: push d above `margin` | relative: above `margin` × the batch's mean
-                    gap of normal windows (no flat direction: raising every d costs)
+                    gap of normal windows, with its gradient (with absolute margins and equal
+                    weights, raising every d by the same amount changes nothing below the margin:
+                    a flat direction; relative, it raises the loss by margin × the shift)
     recon_reduction mean over hidden cells | feature_sum: summed over features (the design's scale)
 """
 
@@ -33,13 +35,13 @@ def discrepancy_terms(
     """Mean d over normal/unlabelled windows, mean relu(margin − d) over labelled anomalies.
 
     d (B,) teacher–student gap per window; anomalous (B,) bool, True only for pushed anomalies.
-    `relative`: the margin is `margin` × the mean gap of the batch's normal windows (detached).
-    An empty group contributes 0.
+    `relative`: the margin is `margin` × the mean gap of the batch's normal windows (gradient
+    included). An empty group contributes 0.
     """
     normal, anomaly = ~anomalous, anomalous
     pull = (d * normal).sum() / normal.sum().clamp_min(1)
     if margin_mode == "relative":
-        margin = margin * pull.detach()
+        margin = margin * pull
     push = (F.relu(margin - d) * anomaly).sum() / anomaly.sum().clamp_min(1)
     return pull, push
 
