@@ -81,6 +81,7 @@ class LossConfig:
     lambda_disc: float = 0.5  # λ: weight of the discrepancy term
     margin: float = 1.0  # labelled anomalies are pushed to a gap above this
     margin_mode: str = "absolute"  # absolute | relative: margin × the batch's mean normal gap
+    pull_weight: float = 1.0  # weight of the normal term; > 1: no flat direction
     anomaly_warmup_epochs: int = 3  # the anomaly term ramps in linearly over these epochs
     discrepancy: bool = True  # false: reconstruction loss only (ablation)
     gap_region: str = "hidden"  # the gap d is averaged over the hidden values | the whole window
@@ -93,6 +94,7 @@ class LossConfig:
         at_least("lambda_disc", self.lambda_disc, 0.0)
         at_least("margin", self.margin, 0.0, strict=True)
         one_of("margin_mode", self.margin_mode, MARGIN_MODES)
+        at_least("pull_weight", self.pull_weight, 0.0)
         positive_int("anomaly_warmup_epochs", self.anomaly_warmup_epochs, minimum=0)
         one_of("gap_region", self.gap_region, GAP_REGIONS)
         one_of("gap_mask", self.gap_mask, GAP_MASKS)

@@ -8,9 +8,10 @@ The discrepancy d of a window is the mean squared teacher–student gap. Options
     push            labelled: every labelled anomaly is pushed | visible: only those whose anomaly
                     the encoder sees under the gap's mask (a hidden anomaly cannot move the gap)
     margin_mode     absolute: push d above `margin` | relative: above `margin` × the batch's mean
-                    gap of normal windows, with its gradient (with absolute margins and equal
-                    weights, raising every d by the same amount changes nothing below the margin:
-                    a flat direction; relative, it raises the loss by margin × the shift)
+                    gap of normal windows (detached): the same target whatever the data's scale
+    pull_weight     weight of the normal term beside the anomaly term: with equal weights, raising
+                    every d by the same amount changes nothing while anomalies are below the margin
+                    (a flat direction along which the gaps drift); above 1 it costs
     recon_reduction mean over hidden cells | feature_sum: summed over features (the design's scale)
 """
 
@@ -35,13 +36,13 @@ def discrepancy_terms(
     """Mean d over normal/unlabelled windows, mean relu(margin − d) over labelled anomalies.
 
     d (B,) teacher–student gap per window; anomalous (B,) bool, True only for pushed anomalies.
-    `relative`: the margin is `margin` × the mean gap of the batch's normal windows (gradient
-    included). An empty group contributes 0.
+    `relative`: the margin is `margin` × the mean gap of the batch's normal windows (detached).
+    An empty group contributes 0.
     """
     normal, anomaly = ~anomalous, anomalous
     pull = (d * normal).sum() / normal.sum().clamp_min(1)
     if margin_mode == "relative":
-        margin = margin * pull
+        margin = margin * pull.detach()
     push = (F.relu(margin - d) * anomaly).sum() / anomaly.sum().clamp_min(1)
     return pull, push
 
@@ -66,7 +67,7 @@ def sdmae_loss(
 
     out: the training pass (`SDMAE.forward`: decoder outputs (B, T, F), "hidden" (B, T, F));
     gap_out: the pass d is taken from (default `out`); anomalous (B,): windows pushed;
-    loss: the `model.loss` settings. With both decoders: reconstruction + λ·(pull + ramp·push);
+    loss: the `model.loss` settings. With both decoders: reconstruction + λ·(w·pull + ramp·push);
     with one decoder (ablation) or `discrepancy: false`: reconstruction alone.
     """
     hidden = out["hidden"]
@@ -82,5 +83,5 @@ def sdmae_loss(
     region = g["hidden"] if loss["gap_region"] == "hidden" else torch.ones_like(g["hidden"])
     d = per_window_hidden_mse(g["student"], teacher, region)  # (B,)
     pull, push = discrepancy_terms(d, anomalous, loss["margin"], loss["margin_mode"])
-    return parts | {"disc_normal": pull, "disc_anomaly": push,
-                    "loss": recon + loss["lambda_disc"] * (pull + ramp * push)}
+    total = recon + loss["lambda_disc"] * (loss["pull_weight"] * pull + ramp * push)
+    return parts | {"disc_normal": pull, "disc_anomaly": push, "loss": total}
