@@ -48,3 +48,38 @@ def test_datamodule_splits_and_normalisation():
     batch = next(iter(dm.test_dataloader()))
     assert set(batch) == {"x", "point_labels", "labelled", "label", "anomaly_type", "start",
                           "series"}
+
+
+def test_design_generator_places_anomalies_as_the_seed_study():
+    from maelab.data.series.synthetic import DESIGN_ANOMALY_TYPES, generate_design_windows
+
+    w = generate_design_windows(2000, 100, anomaly_share=0.25, labelled_share=0.05, seed=0)
+    assert w.x.shape == (2000, 100, 5) and w.x.min() >= 0 and w.x.max() <= 1
+    assert (w.anomaly_type > 0).sum() == 500 and w.labelled.sum() == 100
+    assert set(np.unique(w.anomaly_type)) == set(range(len(DESIGN_ANOMALY_TYPES)))
+    anomalous = w.point_labels.any(1)
+    assert np.array_equal(anomalous, w.anomaly_type > 0)
+    assert not w.point_labels[:, :20].any(), "never in the first 20 steps"
+    only_last = w.point_labels[:, -10:].any(1) & ~w.point_labels[:, :-10].any(1)
+    assert not only_last.any(), "none lies only in the last 10 steps"
+    for kind, name in enumerate(DESIGN_ANOMALY_TYPES[1:], start=1):
+        spans = w.point_labels[w.anomaly_type == kind].sum(1)
+        if name in ("memory_leak", "network_congestion"):  # run to the window's end
+            assert w.point_labels[w.anomaly_type == kind, -1].all()
+        if name == "spike":
+            assert spans.min() >= 3 and spans.max() <= 9
+
+
+def test_design_generator_through_the_datamodule():
+    from maelab.data.series.synthetic_datamodule import SyntheticAnomalyDataModule
+
+    dm = SyntheticAnomalyDataModule(n_train=64, n_val=32, n_test=32, generator="design",
+                                    normalise="none", train_contamination=0.0,
+                                    train_labelled_share=0.1)
+    dm.setup()
+    info = dm.info()
+    assert info.anomaly_types[1] == "spike" and info.feature_names[0] == "cpu"
+    x = dm.dataset("train").x
+    assert float(x.min()) >= 0 and float(x.max()) <= 1  # not z-scored
+    ds = dm.dataset("train")
+    assert bool((ds.labelled == (ds.label > 0)).all()), "every training anomaly labelled"

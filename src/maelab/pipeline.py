@@ -358,6 +358,10 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
     threshold = {k: v for k, v in (cfg.get("threshold") or {}).items() if v is not None}
     if threshold:
         overrides["threshold"] = threshold
+    for group in ("eval", "scoring"):  # only the keys given on the command line
+        given = {k: v for k, v in (cfg.get(group) or {}).items() if v is not None}
+        if given:
+            overrides[group] = given
     run_cfg = OmegaConf.merge(run_cfg, {"paths": {"output_dir": str(run_dir)}})
     for key, value in overrides.items():
         replace = key == "data" and "_target_" in value  # another dataset, not a few settings

@@ -8,11 +8,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-COLUMNS = ("auroc", "auprc", "vus_pr", "f1", "precision", "recall", "best_f1_oracle")
+COLUMNS = ("auroc", "auroc_visible_in_context", "auroc_hidden_only", "auroc_context_only", "auprc",
+           "vus_pr", "f1", "precision", "recall", "best_f1_oracle")
 HYDRO_COLUMNS = ("rmse", "mae", "nse_median", "kge_median", "log_nse_median", "fhv_median",
                  "flv_median")  # the rest (KGE's r, α, β, …) stays in metrics.json
-HEADERS = {"best_f1_oracle": "best F1 (oracle)", "nse_median": "NSE", "kge_median": "KGE",
-           "log_nse_median": "log NSE", "fhv_median": "FHV %", "flv_median": "FLV %"}
+HEADERS = {"best_f1_oracle": "best F1 (oracle)", "auroc_visible_in_context": "auroc: visible in ctx",
+           "auroc_hidden_only": "auroc: hidden only", "auroc_context_only": "auroc: ctx only",
+           "nse_median": "NSE", "kge_median": "KGE", "log_nse_median": "log NSE",
+           "fhv_median": "FHV %", "flv_median": "FLV %"}
 
 
 def _fmt(v: Any) -> str:
@@ -33,7 +36,11 @@ def print_metrics_table(metrics: dict[str, Any], console: Console | None = None)
             or sorted(numeric - {"n", "n_anomalous"}))
     title = f"{metrics['model']} test metrics"
     if "mask_last_n" in metrics:
-        title += f" ({metrics['level']} level, last {metrics['mask_last_n']} steps scored)"
+        title += f" ({metrics['level']} level, last {metrics['mask_last_n']} steps scored"
+        if "label_scope" in metrics:
+            where = "in the scored region" if metrics["label_scope"] == "scored" else "anywhere"
+            title += f"; labels: anomaly {where}; inference: {metrics['inference']}"
+        title += ")"
     with_units = any(isinstance(r.get("units"), str) for r in rows.values())
     table = Table(title=title)
     table.add_column("")

@@ -151,3 +151,90 @@ def generate_windows(
     types, labelled = types[order], labelled[order]
     point_labels = _inject(rng, x, types, latent, focus_last, focus_share)
     return AnomalyWindows(x.astype(np.float32), point_labels, types, labelled)
+
+
+# ---- the seed study's generator (yunkio/anomaly_mae), re-implemented vectorised ----------------
+DESIGN_FEATURES = ("cpu", "memory", "disk_io", "network", "response_time")
+DESIGN_ANOMALY_TYPES = ("normal", "spike", "memory_leak", "noise", "drift", "network_congestion")
+
+
+def _design_normal(rng: np.random.Generator, n: int, t: int) -> np.ndarray:
+    """(n, t, 5) server metrics over 4π, before clipping to [0, 1]: cpu a noisy sine, memory
+    following cpu, disk with Poisson spikes, network a rectified sine, response from cpu and
+    network."""
+    s = np.linspace(0, 4 * np.pi, t)[None, :]  # (1, T)
+
+    def u(lo: float, hi: float) -> np.ndarray:
+        return rng.uniform(lo, hi, size=(n, 1))
+
+    def noise(scale: float) -> np.ndarray:
+        return rng.normal(0, scale, size=(n, t))
+
+    freq = u(0.5, 2.0)
+    cpu = u(0.2, 0.4) + u(0.3, 0.7) * np.sin(freq * s) + noise(0.05)
+    memory = u(0.4, 0.6) + 0.3 * cpu + 0.2 * np.sin(0.5 * freq * s) + noise(0.03)
+    disk = u(0.1, 0.3) + 0.2 * memory + 0.2 * rng.poisson(0.1, size=(n, t)) + noise(0.05)
+    network = u(0.2, 0.5) * np.abs(np.sin(u(1.0, 3.0) * s)) + noise(0.05)
+    response = u(0.1, 0.3) + 0.3 * cpu + 0.2 * network + noise(0.05)
+    return np.stack([cpu, memory, disk, network, response], axis=-1)
+
+
+def _design_spans(rng: np.random.Generator, types: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) per window as the seed study places each type: a spike of 3–9 steps in
+    [20, t−20); a memory leak from [20, t/2) to the end; noise of 20–39 steps from [20, t−40);
+    a drift of 30–49 steps from [20, t−50); network congestion from [30, t−30) to the end."""
+    n = len(types)
+
+    def r(lo: int, hi: int) -> np.ndarray:
+        return rng.integers(lo, max(lo + 1, hi), size=n)
+
+    m4, m5, m3 = min(20, t // 4), min(20, t // 5), min(30, t // 3)
+    spike, spike_len = r(m4, t - m4), r(3, min(10, t // 10 + 1))
+    leak = r(m5, t // 2)
+    noisy, noisy_len = r(m5, t - min(40, t // 2)), r(min(20, t // 4), min(40, t // 2))
+    drift, drift_len = r(m5, t - min(50, t // 2)), r(min(30, t // 3), min(50, t // 2))
+    change = r(m3, t - m3)
+    kinds = [types == k for k in range(1, 6)]
+    start = np.select(kinds, [spike, leak, noisy, drift, change], 0)
+    end = np.select(kinds, [spike + spike_len, t, noisy + noisy_len, drift + drift_len, t], 0)
+    return start, np.minimum(end, t)
+
+
+def generate_design_windows(
+    n: int, seq_length: int = 100, anomaly_share: float = 0.25, labelled_share: float = 0.0,
+    seed: int = 0,
+) -> AnomalyWindows:
+    """The seed study's windows: 5 metrics in [0, 1], `int(anomaly_share × n)` anomalous windows
+    with one of five anomalies (types uniform) placed as the study places them, never in the
+    first 20 steps, so none lies only in the last steps. `labelled_share` as in
+    `generate_windows`."""
+    rng = np.random.default_rng(seed)
+    t = seq_length
+    x = _design_normal(rng, n, t)
+    n_anom = int(n * anomaly_share)
+    types = np.zeros(n, dtype=np.int64)
+    types[:n_anom] = rng.integers(1, len(DESIGN_ANOMALY_TYPES), size=n_anom)
+    labelled = np.zeros(n, dtype=bool)
+    labelled[: min(round(labelled_share * n), n_anom)] = True
+    order = rng.permutation(n)
+    types, labelled = types[order], labelled[order]
+    start, end = _design_spans(rng, types, t)
+    steps = np.arange(t)[None, :]  # (1, T)
+    span = (steps >= start[:, None]) & (steps < end[:, None]) & (types > 0)[:, None]  # (N, T)
+    ramp = np.where(span, (steps - start[:, None]) / np.maximum(end - start - 1, 1)[:, None], 0.0)
+    kind, cell = types[:, None, None], span[:, :, None]  # (N, 1, 1), (N, T, 1)
+    feat = np.arange(5)[None, None, :]  # (1, 1, F)
+
+    def lift(*ranges: tuple[float, float] | None) -> np.ndarray:  # (N, 1, 5) per-feature offsets
+        cols = [rng.uniform(*r, size=n) if r else np.zeros(n) for r in ranges]
+        return np.stack(cols, axis=-1)[:, None, :]
+
+    add = np.where((kind == 1) & cell, lift((0.3, 0.5), None, None, (0.4, 0.6), (0.3, 0.5)), 0.0)
+    leak = rng.uniform(0.3, 0.5, size=(n, 1, 1)) * ramp[:, :, None]  # memory up, disk by half
+    add += np.where((kind == 2) & cell, np.where(feat == 1, leak, np.where(feat == 2, leak / 2, 0)), 0)
+    add += np.where((kind == 3) & cell, rng.normal(0, 0.2, size=x.shape), 0)  # every metric
+    drift = rng.uniform(0.2, 0.4, size=(n, 1, 1)) * ramp[:, :, None]  # cpu up, response by half
+    add += np.where((kind == 4) & cell, np.where(feat == 0, drift, np.where(feat == 4, drift / 2, 0)), 0)
+    add += np.where((kind == 5) & cell, lift(None, None, None, (0.3, 0.5), (0.2, 0.4)), 0)
+    x = np.clip(np.clip(x, 0, 1) + add, 0, 1).astype(np.float32)
+    return AnomalyWindows(x, span.astype(np.uint8), types, labelled)

@@ -6,21 +6,32 @@ import numpy as np
 
 from maelab.core.checks import positive_int
 from maelab.core.errors import ConfigError
-from maelab.data.series.synthetic import ANOMALY_TYPES, feature_names, generate_windows
+from maelab.data.series.synthetic import (
+    ANOMALY_TYPES,
+    DESIGN_ANOMALY_TYPES,
+    DESIGN_FEATURES,
+    feature_names,
+    generate_design_windows,
+    generate_windows,
+)
 from maelab.data.series.windows import SeriesDataModule, WindowDataset
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                 "predict": ("test",)}
+GENERATORS = ("maelab", "design")
+NORMALISATIONS = ("zscore", "none")
 
 
 class SyntheticAnomalyDataModule(SeriesDataModule):
     """Contaminated train split (unlabelled + a few labelled anomalies), labelled val and test.
 
-    Values are z-scored per feature with train statistics.
+    `generator`: `maelab` (six anomaly types, placed to overlap the scored region with probability
+    `focus_share`) or `design` (the seed study's five types in [0, 1] metrics, placed as the study
+    places them; `focus_*` do not apply). `normalise`: `zscore` per feature with train statistics,
+    or `none` (the values as generated).
     """
 
     eval_level = "window"
-    anomaly_types = list(ANOMALY_TYPES)
 
     def __init__(
         self,
@@ -38,8 +49,18 @@ class SyntheticAnomalyDataModule(SeriesDataModule):
         seed: int = 1234,
         batch_size: int = 64,
         num_workers: int = 0,
+        generator: str = "maelab",
+        normalise: str = "zscore",
     ) -> None:
         super().__init__()
+        if generator not in GENERATORS:
+            raise ConfigError("data.generator", generator, GENERATORS)
+        if normalise not in NORMALISATIONS:
+            raise ConfigError("data.normalise", normalise, NORMALISATIONS)
+        if generator == "design" and num_features != len(DESIGN_FEATURES):
+            raise ConfigError("data.num_features", num_features,
+                              f"{len(DESIGN_FEATURES)} with data.generator=design (its metrics: "
+                              f"{', '.join(DESIGN_FEATURES)})")
         for key, value in {"seq_length": seq_length, "num_features": num_features,
                            "n_train": n_train, "n_val": n_val, "n_test": n_test,
                            "batch_size": batch_size}.items():
@@ -54,7 +75,10 @@ class SyntheticAnomalyDataModule(SeriesDataModule):
         if not 0 < focus_last <= seq_length:
             raise ConfigError("data.focus_last", focus_last, f"an integer in [1, {seq_length}]")
         self.seq_length, self.num_features = int(seq_length), int(num_features)
-        self.feature_names = feature_names(self.num_features)
+        self.generator, self.normalise = generator, normalise
+        self.feature_names = (list(DESIGN_FEATURES) if generator == "design"
+                              else feature_names(self.num_features))
+        self.anomaly_types = list(DESIGN_ANOMALY_TYPES if generator == "design" else ANOMALY_TYPES)
         self.train_has_labels = train_labelled_share > 0
         self.val_has_labels = val_anomaly_share > 0
         self.kw = dict(seq_length=seq_length, num_features=num_features, focus_last=focus_last,
@@ -80,11 +104,14 @@ class SyntheticAnomalyDataModule(SeriesDataModule):
         if split != "train":
             self._build("train")
         n, share, lab = self.splits[split]
-        w = generate_windows(n, anomaly_share=share, labelled_share=lab,
-                             seed=self.seed + list(self.splits).index(split), **self.kw)
+        seed = self.seed + list(self.splits).index(split)
+        w = (generate_design_windows(n, self.seq_length, share, lab, seed) if self.generator == "design"
+             else generate_windows(n, anomaly_share=share, labelled_share=lab, seed=seed, **self.kw))
         if split == "train":
             flat = w.x.reshape(-1, self.num_features)
             self.mean, self.std = flat.mean(axis=0), flat.std(axis=0) + 1e-6  # (F,) train statistics
+            if self.normalise == "none":
+                self.mean, self.std = np.zeros_like(self.mean), np.ones_like(self.std)
         x = ((w.x - self.mean) / self.std).astype(np.float32)
         self.datasets[split] = WindowDataset(x, w.point_labels, w.anomaly_type, w.labelled)
 

@@ -21,6 +21,19 @@ DECODERS = ("teacher", "student")
 SCORE_TYPES = ("discrepancy", "reconstruction", "combined")
 SCORES = ("auto", *SCORE_TYPES)
 THRESHOLD_METHODS = ("f1", "percentile")
+ENCODER_INPUTS = ("visible", "mask_tokens")
+DECODER_KINDS = ("self_attention", "cross_attention")
+HEADS = ("separate", "shared")
+NORMS = ("pre", "post")
+ACTIVATIONS = ("gelu", "relu")
+GAP_REGIONS = ("hidden", "window")
+GAP_MASKS = ("training", "inference")
+PUSH_WINDOWS = ("labelled", "visible")
+MARGIN_MODES = ("absolute", "relative")
+RECON_REDUCTIONS = ("mean", "feature_sum")
+LABEL_SCOPES = ("scored", "window")
+INFERENCE_MODES = ("last_n", "all_positions")
+REDUCTIONS = ("mean", "max")
 
 
 @dataclass
@@ -36,8 +49,20 @@ class NetConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0  # > 0 disables the fused attention kernel
     decoders: list[str] = field(default_factory=lambda: list(DECODERS))
+    encoder_input: str = "visible"  # patch/temporal: hidden units removed | kept as mask tokens
+    decoder: str = "self_attention"  # self_attention over mask tokens | cross_attention to the latent
+    head: str = "separate"  # output projection per decoder | one shared by both
+    mask_token_std: float = 0.02  # init std of the learned mask token
+    norm: str = "pre"  # pre-norm blocks + final LayerNorm | post (nn.TransformerEncoderLayer's)
+    activation: str = "gelu"  # of the MLPs: gelu | relu
 
     def __post_init__(self) -> None:
+        one_of("norm", self.norm, NORMS)
+        one_of("activation", self.activation, ACTIVATIONS)
+        one_of("encoder_input", self.encoder_input, ENCODER_INPUTS)
+        one_of("decoder", self.decoder, DECODER_KINDS)
+        one_of("head", self.head, HEADS)
+        at_least("mask_token_std", self.mask_token_std, 0.0)
         for key in ("d_model", "heads", "encoder_depth", "teacher_depth", "student_depth"):
             positive_int(key, getattr(self, key))
         width_and_heads("d_model", self.d_model, "heads", self.heads)
@@ -55,13 +80,26 @@ class LossConfig:
 
     lambda_disc: float = 0.5  # λ: weight of the discrepancy term
     margin: float = 1.0  # labelled anomalies are pushed to a gap above this
+    margin_mode: str = "absolute"  # absolute | relative: margin × the batch's mean normal gap
+    pull_weight: float = 1.0  # weight of the normal term; > 1: no flat direction
     anomaly_warmup_epochs: int = 3  # the anomaly term ramps in linearly over these epochs
     discrepancy: bool = True  # false: reconstruction loss only (ablation)
+    gap_region: str = "hidden"  # the gap d is averaged over the hidden values | the whole window
+    gap_mask: str = "training"  # d under the training mask | under the inference mask (last n)
+    detach_teacher: bool = True  # the teacher receives no gradient through d
+    push: str = "labelled"  # push every labelled anomaly | only those visible to the encoder
+    recon_reduction: str = "mean"  # squared error: mean over cells | summed over features
 
     def __post_init__(self) -> None:
         at_least("lambda_disc", self.lambda_disc, 0.0)
         at_least("margin", self.margin, 0.0, strict=True)
+        one_of("margin_mode", self.margin_mode, MARGIN_MODES)
+        at_least("pull_weight", self.pull_weight, 0.0)
         positive_int("anomaly_warmup_epochs", self.anomaly_warmup_epochs, minimum=0)
+        one_of("gap_region", self.gap_region, GAP_REGIONS)
+        one_of("gap_mask", self.gap_mask, GAP_MASKS)
+        one_of("push", self.push, PUSH_WINDOWS)
+        one_of("recon_reduction", self.recon_reduction, RECON_REDUCTIONS)
 
 
 @dataclass
@@ -80,14 +118,22 @@ class ThresholdConfig:
 class ScoringConfig:
     """What is scored at inference (conf: interpolated from the top-level keys users type)."""
 
-    score: str = "auto"  # auto | discrepancy | reconstruction | combined
+    score: str = "auto"  # auto (best validation AUROC) | discrepancy | reconstruction | combined
     mask_last_n: int = 10  # steps hidden at inference; the scored region
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     point_adjust: bool = False  # also report point-adjusted F1 (point-level data)
+    label_scope: str = "scored"  # a window is anomalous: anomaly in the scored region | anywhere
+    inference: str = "last_n"  # hide the last n steps | every block of n steps once (all_positions)
+    passes: int = 3  # all_positions: block b is hidden in pass b mod passes
+    reduce: str = "mean"  # a window's score: mean | max of the scored values (steps × features)
 
     def __post_init__(self) -> None:
         one_of("score", self.score, SCORES)
         positive_int("mask_last_n", self.mask_last_n)
+        one_of("label_scope", self.label_scope, LABEL_SCOPES)
+        one_of("inference", self.inference, INFERENCE_MODES)
+        positive_int("passes", self.passes)
+        one_of("reduce", self.reduce, REDUCTIONS)
 
 
 @dataclass
@@ -140,17 +186,32 @@ class SDMAEConfig(ModelConfig):
             raise ConfigError("model.scoring.mask_last_n", n,
                               f"a multiple of patch_size={m.patch_size} in patch masking (the scored "
                               "region must cover whole patches)")
+        if self.scoring.inference == "all_positions":
+            blocks = seq_length // n
+            if seq_length % n:
+                raise ConfigError("model.scoring.mask_last_n", n,
+                                  f"a divisor of data.seq_length={seq_length} with "
+                                  "scoring.inference=all_positions (blocks of n steps tile the "
+                                  f"window): {divisors(seq_length)}")
+            if blocks % self.scoring.passes:
+                raise ConfigError("model.scoring.passes", self.scoring.passes,
+                                  f"a divisor of the {blocks} blocks of the window: "
+                                  f"{divisors(blocks)}")
+            stride = cfg.data.get("mask_last_n")  # point-level data: windows must tile the series
+            if stride is not None and int(stride) != seq_length:
+                raise ConfigError("data.mask_last_n", stride,
+                                  f"data.seq_length={seq_length} with scoring.inference="
+                                  "all_positions (every step of a window is scored, so test "
+                                  "windows must not overlap)")
 
     def monitored_metrics(self, cfg: DictConfig, info: Any = None) -> list[str]:
-        """train/val loss parts; val/auroc (of the primary score; also of discrepancy when another
-        score is primary) where validation has labels."""
+        """train/val loss parts; where validation has labels, val/auroc (of the primary score,
+        or with score=auto the best of them) and val/auroc_<score> of each score type."""
         both = len(self.net.decoders) == 2
         parts = ["loss", "recon", *(["disc_normal", "disc_anomaly"] if both and self.loss.discrepancy
                                     else [])]
         names = [f"{stage}/{p}" for stage in ("train", "val") for p in parts]
         if info is None or info.val_has_labels:
-            primary = self.scoring.score if self.scoring.score != "auto" else (
-                "discrepancy" if both else "reconstruction")
-            names += ["val/auroc", *(["val/auroc_discrepancy"] if both and primary != "discrepancy"
-                                     else [])]
+            names += ["val/auroc", *(f"val/auroc_{k}" for k in
+                                     (SCORE_TYPES if both else ("reconstruction",)))]
         return names

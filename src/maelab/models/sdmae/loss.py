@@ -1,6 +1,24 @@
-"""SD-MAE loss: teacher reconstruction on hidden values + λ · self-distillation discrepancy."""
+"""SD-MAE loss: teacher reconstruction on hidden values + λ · self-distillation discrepancy.
+
+The discrepancy d of a window is the mean squared teacher–student gap. Options (`model.loss`):
+    gap_region      hidden: over the hidden values | window: over every value of the window
+    gap_mask        training: d from the training pass | inference: from a second pass under the
+                    inference mask (last n steps hidden), the way windows are scored
+    detach_teacher  the teacher gets no gradient through d (only the student moves)
+    push            labelled: every labelled anomaly is pushed | visible: only those whose anomaly
+                    the encoder sees under the gap's mask (a hidden anomaly cannot move the gap)
+    margin_mode     absolute: push d above `margin` | relative: above `margin` × the batch's mean
+                    gap of normal windows (detached): the same target whatever the data's scale
+    pull_weight     weight of the normal term beside the anomaly term: with equal weights, raising
+                    every d by the same amount changes nothing while anomalies are below the margin
+                    (a flat direction along which the gaps drift); above 1 it costs
+    recon_reduction mean over hidden cells | feature_sum: summed over features (the design's scale)
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,15 +31,18 @@ def per_window_hidden_mse(pred: torch.Tensor, target: torch.Tensor, hidden: torc
 
 
 def discrepancy_terms(
-    d: torch.Tensor, anomalous: torch.Tensor, margin: float
+    d: torch.Tensor, anomalous: torch.Tensor, margin: float, margin_mode: str = "absolute",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean d over normal/unlabelled windows, mean relu(margin − d) over labelled anomalies.
 
-    d (B,) teacher–student gap per window; anomalous (B,) bool, True only for labelled anomalies.
+    d (B,) teacher–student gap per window; anomalous (B,) bool, True only for pushed anomalies.
+    `relative`: the margin is `margin` × the mean gap of the batch's normal windows (detached).
     An empty group contributes 0.
     """
     normal, anomaly = ~anomalous, anomalous
     pull = (d * normal).sum() / normal.sum().clamp_min(1)
+    if margin_mode == "relative":
+        margin = margin * pull.detach()
     push = (F.relu(margin - d) * anomaly).sum() / anomaly.sum().clamp_min(1)
     return pull, push
 
@@ -31,24 +52,36 @@ def anomaly_ramp(epoch: int, warmup_epochs: int) -> float:
     return 1.0 if warmup_epochs <= 0 else min(1.0, (epoch + 1) / warmup_epochs)
 
 
-def sdmae_loss(
-    out: dict[str, torch.Tensor], x: torch.Tensor, anomalous: torch.Tensor,
-    lambda_disc: float, margin: float, ramp: float, discrepancy: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Total loss and its parts from the model output `out` (see `SDMAE.forward`).
+def anomaly_visible(point_labels: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """(B,) True where an anomalous step has a value the encoder sees: point_labels (B, T),
+    hidden (B, T, F) bool."""
+    seen = ~hidden.all(dim=-1)  # (B, T) some feature of the step is visible
+    return ((point_labels > 0) & seen).any(dim=1)
 
-    With both decoders: teacher reconstruction + λ·(pull + ramp·push), teacher detached in d.
-    With one decoder (ablation): that decoder's reconstruction alone.
+
+def sdmae_loss(
+    out: Mapping[str, torch.Tensor], x: torch.Tensor, anomalous: torch.Tensor,
+    loss: Mapping[str, Any], ramp: float, gap_out: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Total loss and its parts.
+
+    out: the training pass (`SDMAE.forward`: decoder outputs (B, T, F), "hidden" (B, T, F));
+    gap_out: the pass d is taken from (default `out`); anomalous (B,): windows pushed;
+    loss: the `model.loss` settings. With both decoders: reconstruction + λ·(w·pull + ramp·push);
+    with one decoder (ablation) or `discrepancy: false`: reconstruction alone.
     """
     hidden = out["hidden"]
     name = "teacher" if "teacher" in out else "student"
     recon = per_window_hidden_mse(out[name], x, hidden).mean()
+    if loss["recon_reduction"] == "feature_sum":
+        recon = recon * x.shape[-1]
     parts = {"recon": recon}
-    if discrepancy and "teacher" in out and "student" in out:
-        d = per_window_hidden_mse(out["student"], out["teacher"].detach(), hidden)  # (B,)
-        pull, push = discrepancy_terms(d, anomalous, margin)
-        parts |= {"disc_normal": pull, "disc_anomaly": push}
-        parts["loss"] = recon + lambda_disc * (pull + ramp * push)
-    else:
-        parts["loss"] = recon
-    return parts
+    if not (loss["discrepancy"] and "teacher" in out and "student" in out):
+        return parts | {"loss": recon}
+    g = out if gap_out is None else gap_out
+    teacher = g["teacher"].detach() if loss["detach_teacher"] else g["teacher"]
+    region = g["hidden"] if loss["gap_region"] == "hidden" else torch.ones_like(g["hidden"])
+    d = per_window_hidden_mse(g["student"], teacher, region)  # (B,)
+    pull, push = discrepancy_terms(d, anomalous, loss["margin"], loss["margin_mode"])
+    total = recon + loss["lambda_disc"] * (loss["pull_weight"] * pull + ramp * push)
+    return parts | {"disc_normal": pull, "disc_anomaly": push, "loss": total}

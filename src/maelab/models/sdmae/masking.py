@@ -86,21 +86,39 @@ def random_mask(
     return feature_wise_mask(noise, seq_length, num_features, ratio)
 
 
+def _from_steps(hidden_steps: torch.Tensor, strategy: str, num_features: int,
+                patch_size: int) -> torch.Tensor:
+    """(..., T) bool hidden steps -> the mask in `strategy`'s unit granularity (whole patches in
+    patch masking, where the hidden steps cover whole patches; all features in feature_wise)."""
+    if strategy == "patch":
+        return hidden_steps[..., ::patch_size]  # (..., T/p)
+    if strategy == "feature_wise":
+        return hidden_steps[..., None].expand(*hidden_steps.shape, num_features).clone()
+    return hidden_steps
+
+
 def last_steps_mask(
     strategy: str, batch: int, seq_length: int, num_features: int, n: int, patch_size: int = 1,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The inference mask: the last `n` steps hidden, in `strategy`'s unit granularity (in patch
     masking `n` is a multiple of `patch_size`, see the config)."""
-    if strategy == "patch":
-        units, n = seq_length // patch_size, n // patch_size
-    else:
-        units = seq_length
-    mask = torch.zeros(batch, units, dtype=torch.bool, device=device)
-    mask[:, units - n:] = True
-    if strategy == "feature_wise":
-        return mask[:, :, None].expand(batch, units, num_features).clone()
-    return mask
+    steps = torch.zeros(batch, seq_length, dtype=torch.bool, device=device)
+    steps[:, seq_length - n:] = True
+    return _from_steps(steps, strategy, num_features, patch_size)
+
+
+def block_masks(
+    strategy: str, batch: int, seq_length: int, num_features: int, n: int, passes: int,
+    patch_size: int = 1, device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """`all_positions` inference masks, (passes, B, units…): the window is cut into blocks of `n`
+    steps and block b is hidden in pass b mod `passes`, so every step is hidden exactly once
+    (`passes` divides the number of blocks, so every pass hides as many blocks)."""
+    block = torch.arange(seq_length, device=device) // n  # (T,)
+    steps = block[None, :] % passes == torch.arange(passes, device=device)[:, None]  # (P, T)
+    steps = steps[:, None, :].expand(passes, batch, seq_length)
+    return _from_steps(steps, strategy, num_features, patch_size)
 
 
 def cell_mask(mask: torch.Tensor, strategy: str, patch_size: int, num_features: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,8 @@ from maelab.data.contracts import SeriesBatch, SeriesInfo
 from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
 from maelab.models.sdmae.config import SCORE_TYPES
-from maelab.models.sdmae.loss import anomaly_ramp, sdmae_loss
-from maelab.models.sdmae.masking import last_steps_mask, random_mask
+from maelab.models.sdmae.loss import anomaly_ramp, anomaly_visible, sdmae_loss
+from maelab.models.sdmae.masking import block_masks, last_steps_mask, random_mask
 from maelab.models.sdmae.model import SDMAE
 from maelab.scoring import (
     assemble_point_scores,
@@ -28,12 +29,25 @@ from maelab.scoring import (
 
 log = logging.getLogger(__name__)
 
+COMBINED_WEIGHTS = torch.linspace(0, 1, 21, dtype=torch.float64)  # grid for the combined score
+
 
 class SDMAEModule(MaeModule):
-    """Trains SD-MAE; scores windows by hiding their last `mask_last_n` steps.
+    """Trains SD-MAE and scores windows with their scored region hidden.
 
-    Calibration (score normalisation on validation normals and thresholds chosen on validation)
-    lives in buffers, so it travels inside the checkpoint.
+    Scores, per hidden value of the scored region (`scoring.reduce` makes one number of them per
+    window, or per step for point-level data):
+        discrepancy     (teacher − student)²
+        reconstruction  (teacher − input)²  (the student's, with a student-only decoder)
+        combined        w · z(discrepancy) + (1 − w) · z(reconstruction); z-scores on validation
+                        normals, w on a grid chosen on validation (best AUROC; 0.5 without labels)
+    Inference (`scoring.inference`): `last_n` hides the last `mask_last_n` steps; `all_positions`
+    hides every block of `mask_last_n` steps once, in `passes` batched passes, so every step gets
+    its scores while hidden. Labels (`scoring.label_scope`): a window is anomalous when an anomaly
+    overlaps its scored region (`scored`) or lies anywhere in it (`window`).
+    Calibration on validation lives in buffers, so it travels inside the checkpoint: score
+    normalisation, the combined weight, thresholds, and with `score: auto` the primary score (the
+    type with the best validation AUROC).
     """
 
     name = "sdmae"
@@ -49,19 +63,20 @@ class SDMAEModule(MaeModule):
             strategy=masking["strategy"], patch_size=masking["patch_size"], **net,
         )
         # compiled in place (state_dict keys unchanged); off by default: on a CPU the minutes of
-        # compilation outweigh a ~15 % faster step (docs/performance.md)
+        # compilation outweigh a ~15 % faster step (README, Performance)
         if torch_compile:
             self.net.compile()
         self.available = (
             SCORE_TYPES if set(self.net.decoders) == {"teacher", "student"} else ("reconstruction",)
         )
-        self.score = self.available[0] if scoring["score"] == "auto" else scoring["score"]
         self.mask_last_n = int(scoring["mask_last_n"])
         self.register_buffer("cal_mean", torch.zeros(3, dtype=torch.float64))
         self.register_buffer("cal_std", torch.ones(3, dtype=torch.float64))
         self.register_buffer("cal_threshold", torch.full((3,), float("nan"), dtype=torch.float64))
         self.register_buffer("cal_percentile_rule", torch.zeros(3, dtype=torch.bool))
-        self.register_buffer("cal_mask_last_n", torch.tensor(-1))
+        self.register_buffer("cal_weight", torch.tensor(0.5, dtype=torch.float64))
+        self.register_buffer("cal_score", torch.tensor(-1))  # SCORE_TYPES index chosen by `auto`
+        self.register_buffer("cal_signature", torch.tensor(-1))  # scoring settings calibrated for
         self._calibrating = False
         self._collected: list[dict[str, torch.Tensor]] = []
         self._train_sums: dict[str, torch.Tensor] = {}  # per-epoch Σ batch × loss part
@@ -76,30 +91,71 @@ class SDMAEModule(MaeModule):
     def strategy(self) -> str:
         return self.net.strategy
 
+    @property
+    def score(self) -> str:
+        """The primary score: the configured type, or with `auto` the one calibration chose."""
+        requested = self.hparams.scoring["score"]
+        if requested != "auto":
+            return requested
+        return SCORE_TYPES[int(self.cal_score)] if int(self.cal_score) >= 0 else self.available[-1]
+
+    def _choose(self, aurocs: dict[str, float] | None) -> str:
+        """Primary score for validation AUROCs `aurocs` (None: validation has no labels)."""
+        requested = self.hparams.scoring["score"]
+        if requested != "auto":
+            return requested
+        if not aurocs:
+            return "reconstruction"  # nothing to choose on: the score that needs no labels
+        return max(self.available, key=lambda k: aurocs[k])
+
+    def infer(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decoder outputs (B, T, F) with the scored values hidden, and "hidden" (B, T, F).
+
+        `last_n`: one pass with the last `mask_last_n` steps hidden. `all_positions`: the
+        `passes` masks of `block_masks` in one batched forward; each value is taken from the pass
+        that hid it (every value is hidden in exactly one pass).
+        """
+        s, (b, t, f) = self.hparams.scoring, x.shape
+        if s["inference"] == "last_n":
+            return self.net(x, last_steps_mask(self.strategy, b, t, f, self.mask_last_n,
+                                               self.net.patch_size, x.device))
+        masks = block_masks(self.strategy, b, t, f, self.mask_last_n, s["passes"],
+                            self.net.patch_size, x.device)  # (P, B, units…)
+        p = masks.shape[0]
+        out = self.net(x.repeat(p, 1, 1), masks.reshape(p * b, *masks.shape[2:]))
+        hidden = out["hidden"].reshape(p, b, t, f)
+        merged = {k: (out[k].reshape(p, b, t, f) * hidden).sum(0) for k in self.net.decoders}
+        return merged | {"hidden": hidden.any(0)}
+
     def step_scores(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Hide the last n steps; per-step raw scores {name: (B, n)} and the model output."""
-        n = self.mask_last_n
-        mask = last_steps_mask(self.strategy, x.shape[0], x.shape[1], x.shape[2], n,
-                               self.net.patch_size, x.device)
-        out = self.net(x, mask)
+        """Squared errors of the scored values {name: (B, S, F)} (S = mask_last_n with `last_n`,
+        T with `all_positions`) and the model output of `infer`."""
+        out = self.infer(x)
+        steps = slice(-self.mask_last_n, None) if self.hparams.scoring["inference"] == "last_n" \
+            else slice(None)
         recon_source = out["teacher"] if "teacher" in out else out["student"]
-        scores = {"reconstruction": ((recon_source - x)[:, -n:] ** 2).mean(-1)}  # (B, n)
+        scores = {"reconstruction": (recon_source - x)[:, steps] ** 2}  # (B, S, F)
         if "discrepancy" in self.available:
-            scores["discrepancy"] = ((out["teacher"] - out["student"])[:, -n:] ** 2).mean(-1)
+            scores["discrepancy"] = (out["teacher"] - out["student"])[:, steps] ** 2
         return scores, out
 
     # ---- training -----------------------------------------------------------------------
     def _loss(self, batch: SeriesBatch, noise: KeyedNoise) -> dict[str, torch.Tensor]:
         x = batch["x"]  # (B, T, F)
-        m = self.hparams.masking
+        m, lw = self.hparams.masking, self.hparams.loss
         mask = random_mask(noise, m["strategy"], x.shape[1], x.shape[2], m["ratio"],
                            m["patch_size"], m["num_spans"])
         out = self.net(x, mask)
+        gap_out = out
+        if lw["gap_mask"] == "inference" and lw["discrepancy"] and len(self.net.decoders) == 2:
+            b, t, f = x.shape  # the gap as scored: last n steps hidden
+            gap_out = self.net(x, last_steps_mask(self.strategy, b, t, f, self.mask_last_n,
+                                                  self.net.patch_size, x.device))
         anomalous = batch["labelled"] & (batch["label"] > 0)
-        lw = self.hparams.loss
+        if lw["push"] == "visible":  # an anomaly the encoder cannot see cannot move the gap
+            anomalous = anomalous & anomaly_visible(batch["point_labels"], gap_out["hidden"])
         ramp = anomaly_ramp(self.current_epoch, lw["anomaly_warmup_epochs"])
-        return sdmae_loss(out, x, anomalous, lw["lambda_disc"], lw["margin"], ramp,
-                          lw["discrepancy"])
+        return sdmae_loss(out, x, anomalous, lw, ramp, gap_out)
 
     def _noise(self, batch: SeriesBatch, stream: int) -> KeyedNoise:
         """Mask noise keyed by sample: the same masks whatever batch, rank or resume draws them."""
@@ -127,9 +183,8 @@ class SDMAEModule(MaeModule):
     # ---- validation / test: collect scores -------------------------------------------------
     def _collect(self, batch: SeriesBatch) -> dict[str, torch.Tensor]:
         scores, out = self.step_scores(batch["x"])
-        n = self.mask_last_n
         item = {f"score/{k}": v.detach() for k, v in scores.items()}
-        item |= {"point_labels": batch["point_labels"][:, -n:], "anomaly_type": batch["anomaly_type"],
+        item |= {"point_labels": batch["point_labels"], "anomaly_type": batch["anomaly_type"],
                  "start": batch["start"], "series": batch["series"]}
         self._collected.append(item)
         return out
@@ -156,13 +211,19 @@ class SDMAEModule(MaeModule):
             sums = {k: self.trainer.strategy.reduce(v.clone(), reduce_op="sum") for k, v in sums.items()}
         self.log_dict({f"val/{k}": v / count for k, v in sums.items()}, on_epoch=True, prog_bar=False)
 
+    def window_labels(self, point_labels: torch.Tensor) -> torch.Tensor:
+        """(B,) window labels under `scoring.label_scope` from point labels (B, T)."""
+        if self.hparams.scoring["label_scope"] == "scored":
+            return point_labels[:, -self.mask_last_n:].amax(dim=1)
+        return point_labels.amax(dim=1)
+
     def test_step(self, batch: SeriesBatch, batch_idx: int) -> None:
         out = self._collect(batch)
-        # an example per anomaly type whose anomaly lies in the scored region, and a "normal" one
-        # without any anomalous step (a window anomalous only outside that region is neither)
-        scored = batch["point_labels"][:, -self.mask_last_n:].amax(dim=1) > 0  # (B,)
+        # an example per anomaly type whose window is anomalous under the label scope, and a
+        # "normal" one without any anomalous step (a window anomalous only elsewhere is neither)
+        anomalous = self.window_labels(batch["point_labels"]) > 0  # (B,)
         clean = batch["point_labels"].amax(dim=1) == 0  # (B,)
-        kinds = torch.where(scored, batch["anomaly_type"], torch.where(clean, 0, -1))  # (B,)
+        kinds = torch.where(anomalous, batch["anomaly_type"], torch.where(clean, 0, -1))  # (B,)
         for i, kind in enumerate(kinds.tolist()):
             if kind >= 0 and kind not in self.examples:
                 self.examples[kind] = {
@@ -185,30 +246,51 @@ class SDMAEModule(MaeModule):
         first = first.scatter_reduce(0, inverse, torch.arange(len(key), device=key.device), "amin")
         return {k: v[first] for k, v in data.items()}
 
-    def level_scores(self, data: dict[str, torch.Tensor]) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        """Scores and labels at the evaluation level.
+    def _reduce(self, v: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        return v.amax(dim=dims) if self.hparams.scoring["reduce"] == "max" else v.mean(dim=dims)
 
-        window level: one score per window (mean over the scored steps), label = any anomaly there.
-        point level: one score per scored step, in (series, start) order (see `_gathered`).
+    def level_scores(self, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Scores, labels, anomaly types and (window level) anomaly groups at the evaluation level.
+
+        window level: one score per window, reduced over the scored values of its scored region
+        (the last `mask_last_n` steps; the whole window under `label_scope: window` when
+        `all_positions` scored it). Groups (windows vs normal windows, for the report):
+        `visible_in_context` (an anomaly in the scored region that also lies in the context the
+        encoder sees), `hidden_only` (only in the scored region), `context_only`.
+        point level: one score per scored step (reduced over features), in (series, start) order.
         """
         raw = {k.split("/", 1)[1]: v.double() for k, v in data.items() if k.startswith("score/")}
+        pl, n = data["point_labels"], self.mask_last_n
+        steps = next(iter(raw.values())).shape[1]  # S scored steps per window
         if self.info.eval_level == "window":
-            labels = data["point_labels"].amax(dim=1)
-            types = torch.where(labels > 0, data["anomaly_type"], 0)
-            return {k: v.mean(dim=1) for k, v in raw.items()}, labels, types
+            scope = self.hparams.scoring["label_scope"]
+            region = slice(-n, None) if scope == "scored" else slice(None)
+            labels = self.window_labels(pl)
+            in_scored, in_context = pl[:, -n:].amax(1) > 0, pl[:, :-n].amax(1) > 0
+            groups = {"visible_in_context": in_scored & in_context,
+                      "hidden_only": in_scored & ~in_context}
+            if scope == "window":
+                groups["context_only"] = ~in_scored & in_context
+            return {"scores": {k: self._reduce(v[:, region], (1, 2)) for k, v in raw.items()},
+                    "labels": labels, "types": torch.where(labels > 0, data["anomaly_type"], 0),
+                    "groups": groups, "normal": pl.amax(1) == 0}
+        per_step = {k: self._reduce(v, (2,)) for k, v in raw.items()}  # (W, S)
+        step_labels = pl[:, -steps:]
         if not self.trainer.testing:  # validation windows may overlap: flat per-step scores
-            labels = data["point_labels"].flatten()
-            return {k: v.flatten() for k, v in raw.items()}, labels, labels.clone()
+            labels = step_labels.flatten()
+            return {"scores": {k: v.flatten() for k, v in per_step.items()}, "labels": labels,
+                    "types": labels.clone(), "groups": {}, "normal": labels == 0}
         series, start, t = data["series"].cpu(), data["start"].cpu(), self.info.seq_length
-        out: dict[str, list] = {k: [] for k in [*raw, "labels"]}
+        out: dict[str, list] = {k: [] for k in [*per_step, "labels"]}
         for sid in series.unique():  # each point after a series' first window scored once
             rows = (series == sid).nonzero().squeeze(1)
             length = int(start[rows].max()) + t
-            for k, v in [*raw.items(), ("labels", data["point_labels"].double())]:
+            for k, v in [*per_step.items(), ("labels", step_labels.double())]:
                 points = assemble_point_scores(v[rows].cpu(), start[rows], t, length)
                 out[k].append(points[~points.isnan()])
         labels = torch.cat(out.pop("labels")).long()
-        return {k: torch.cat(v) for k, v in out.items()}, labels, labels.clone()
+        return {"scores": {k: torch.cat(v) for k, v in out.items()}, "labels": labels,
+                "types": labels.clone(), "groups": {}, "normal": labels == 0}
 
     @staticmethod
     def normal_stats(scores: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,12 +300,45 @@ class SDMAEModule(MaeModule):
         return (torch.tensor([m for m, _ in stats], dtype=torch.float64),
                 torch.tensor([s for _, s in stats], dtype=torch.float64))
 
-    def with_combined(self, scores: dict, mean: torch.Tensor, std: torch.Tensor) -> dict:
-        """Add `combined` = sum of the scores standardised with (mean, std) of validation normals."""
+    @staticmethod
+    def with_combined(scores: dict, mean: torch.Tensor, std: torch.Tensor, weight: float) -> dict:
+        """Add `combined` = w · z(discrepancy) + (1 − w) · z(reconstruction), z-scores with the
+        (mean, std) of validation normals."""
         if "discrepancy" not in scores:
             return scores
         z = [(scores[k] - mean[i]) / std[i] for i, k in enumerate(SCORE_TYPES[:2])]
-        return scores | {"combined": z[0] + z[1]}
+        return scores | {"combined": weight * z[0] + (1 - weight) * z[1]}
+
+    @staticmethod
+    def _auroc(score: torch.Tensor, labels: torch.Tensor, mean: float, std: float) -> float:
+        """torchmetrics AUROC of a raw score, mapped monotonically into (0, 1) first."""
+        return float(binary_auroc(to_unit_interval(score.cpu(), mean, std), labels.cpu()))
+
+    def fit_combined_weight(self, scores: dict, labels: torch.Tensor, mean: torch.Tensor,
+                            std: torch.Tensor) -> float:
+        """The weight w of `combined` on `COMBINED_WEIGHTS` with the best validation AUROC."""
+        if "discrepancy" not in scores or not 0 < int(labels.sum()) < len(labels):
+            return 0.5
+        best, best_w = -1.0, 0.5
+        for w in COMBINED_WEIGHTS.tolist():
+            combo = self.with_combined(scores, mean, std, w)["combined"]
+            m, s = fit_normal_stats(combo.cpu(), labels.cpu())
+            a = self._auroc(combo, labels, m, s)
+            if a > best + 1e-12:
+                best, best_w = a, w
+        return best_w
+
+    def _evaluated(self, data: dict[str, torch.Tensor], weight: float | None = None
+                   ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor, float]:
+        """Level scores with `combined` added (weight fitted here unless given) and the (3,)
+        normal statistics of the three score types."""
+        lv = self.level_scores(data)
+        mean, std = self.normal_stats(lv["scores"], lv["labels"])
+        if weight is None:
+            weight = self.fit_combined_weight(lv["scores"], lv["labels"], mean, std)
+        lv["scores"] = self.with_combined(lv["scores"], mean, std, weight)
+        mean, std = self.normal_stats(lv["scores"], lv["labels"])
+        return lv, mean, std, weight
 
     def on_validation_epoch_end(self) -> None:
         if self._val_windows:
@@ -231,46 +346,57 @@ class SDMAEModule(MaeModule):
         data = self._gathered()
         if not data:
             return
-        scores, labels, _ = self.level_scores(data)
-        mean, std = self.normal_stats(scores, labels)
-        scores = self.with_combined(scores, mean, std)
-        mean, std = self.normal_stats(scores, labels)
+        lv, mean, std, weight = self._evaluated(data)
+        scores, labels = lv["scores"], lv["labels"]
+        aurocs = None
         if 0 < int(labels.sum()) < len(labels):  # AUROC needs both classes
-            for name in dict.fromkeys([self.score, "discrepancy"]):
-                if name in scores:
-                    i = SCORE_TYPES.index(name)
-                    unit = to_unit_interval(scores[name].cpu(), float(mean[i]), float(std[i]))
-                    key = "val/auroc" if name == self.score else f"val/auroc_{name}"
-                    self.log(key, binary_auroc(unit, labels.cpu()), prog_bar=key == "val/auroc")
+            aurocs = {k: self._auroc(v, labels, float(mean[SCORE_TYPES.index(k)]),
+                                     float(std[SCORE_TYPES.index(k)])) for k, v in scores.items()}
+            for k, a in aurocs.items():
+                self.log(f"val/auroc_{k}", a)
+            self.log("val/auroc", aurocs[self._choose(aurocs)], prog_bar=True)
         if self._calibrating:
-            self.fit_calibration(scores, labels, mean, std)
+            self.fit_calibration(scores, labels, mean, std, weight, aurocs)
+
+    def _signature(self) -> int:
+        """The scoring settings a calibration holds for (a changed one needs a new one)."""
+        s = self.hparams.scoring
+        key = f"{self.mask_last_n}|{s['label_scope']}|{s['inference']}|{s['passes']}|{s['reduce']}"
+        return zlib.crc32(key.encode())
 
     def fit_calibration(self, scores: dict, labels: torch.Tensor, mean: torch.Tensor,
-                        std: torch.Tensor) -> None:
-        """Store score normalisation and thresholds chosen on validation in the buffers."""
+                        std: torch.Tensor, weight: float, aurocs: dict[str, float] | None) -> None:
+        """Store normalisation, combined weight, thresholds and the auto choice in the buffers."""
         t = self.hparams.scoring["threshold"]
         self.cal_mean.copy_(mean)
         self.cal_std.copy_(std)
+        self.cal_weight.fill_(weight)
         for i, name in enumerate(SCORE_TYPES):
             if name in scores:
                 thr, used = select_threshold(scores[name].cpu(), labels.cpu(), t["method"],
                                              t["percentile"])
                 self.cal_threshold[i] = thr
                 self.cal_percentile_rule[i] = used == "percentile"
-        self.cal_mask_last_n.fill_(self.mask_last_n)
-        log.info("calibrated on validation: thresholds %s", ", ".join(
-            f"{name} {float(self.cal_threshold[i]):.6g} "
-            f"({'percentile' if self.cal_percentile_rule[i] else t['method']})"
-            for i, name in enumerate(SCORE_TYPES) if name in scores))
+        self.cal_score.fill_(SCORE_TYPES.index(self._choose(aurocs)))
+        self.cal_signature.fill_(self._signature())
+        thresholds = ", ".join(
+            f"{k} {float(self.cal_threshold[SCORE_TYPES.index(k)]):.6g} "
+            f"({'percentile' if self.cal_percentile_rule[SCORE_TYPES.index(k)] else t['method']})"
+            for k in SCORE_TYPES if k in scores)
+        log.info("calibrated on validation: thresholds %s; combined weight on the "
+                 "discrepancy %.2f", thresholds, weight)
+        if self.hparams.scoring["score"] == "auto":
+            seen = ", ".join(f"{k} {v:.4f}" for k, v in (aurocs or {}).items()) or "no labels"
+            log.info("score=auto: primary score %s (validation AUROC: %s)", self.score, seen)
 
     # ---- pipeline interface (maelab.lit.base) -------------------------------------------------
     @property
     def calibrated(self) -> bool:
-        """Calibrated for the current scored region."""
-        return int(self.cal_mask_last_n) == self.mask_last_n
+        """Calibrated for the current scoring settings (scored region, labels, inference)."""
+        return int(self.cal_signature) == self._signature()
 
     def calibrate(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
-        """One validation pass that stores score normalisation and thresholds (`cal_*` buffers)."""
+        """One validation pass that stores the calibration in the `cal_*` buffers."""
         self._calibrating = True
         try:
             trainer.validate(self, datamodule=datamodule, verbose=False)
@@ -284,37 +410,46 @@ class SDMAEModule(MaeModule):
         if not self.calibrated:
             raise RuntimeError("test before calibration: call calibrate(trainer, datamodule) "
                                "first (maelab.pipeline does)")
-        data = self._gathered()
-        scores, labels, types = self.level_scores(data)
-        scores = self.with_combined(scores, self.cal_mean, self.cal_std)
+        lv, _, _, _ = self._evaluated(self._gathered(), float(self.cal_weight))
+        scores, labels, types = lv["scores"], lv["labels"], lv["types"]
+        point_level = self.info.eval_level == "point"
         results: dict[str, Any] = {}
         for i, name in enumerate(SCORE_TYPES):
             if name not in scores:
                 continue
-            point_level = self.info.eval_level == "point"
+            mean, std = float(self.cal_mean[i]), float(self.cal_std[i])
             m = detection_metrics(
-                scores[name].cpu(), labels.cpu(), float(self.cal_threshold[i]),
-                float(self.cal_mean[i]), float(self.cal_std[i]),
+                scores[name].cpu(), labels.cpu(), float(self.cal_threshold[i]), mean, std,
                 anomaly_types=None if point_level else types.cpu(),
                 type_names=None if point_level else self.info.anomaly_types,
                 point_adjust=point_level and bool(self.hparams.scoring.get("point_adjust")),
             )
+            for group, members in lv["groups"].items():  # each group against normal windows
+                keep = members | lv["normal"]
+                if int(members.sum()) and int(lv["normal"].sum()):
+                    m[f"auroc_{group}"] = self._auroc(scores[name][keep], members[keep].long(),
+                                                      mean, std)
             if point_level:
                 m["vus_pr"] = vus_pr(scores[name].cpu(), labels.cpu())
             m["threshold_rule"] = "percentile" if self.cal_percentile_rule[i] else "f1"
             results[name] = m
+        s = self.hparams.scoring
+        summary = {"score": self.score,
+                   "score_rule": "auto: best validation AUROC" if s["score"] == "auto" else "set",
+                   "mask_last_n": self.mask_last_n, "level": self.info.eval_level,
+                   "label_scope": s["label_scope"], "inference": s["inference"],
+                   "reduce": s["reduce"], "combined_weight": float(self.cal_weight),
+                   "groups": {g: int(v.sum()) for g, v in lv["groups"].items()},
+                   "test": results, "primary": results[self.score]}
         self._results = {
-            "summary": {"score": self.score, "mask_last_n": self.mask_last_n,
-                        "level": self.info.eval_level, "test": results,
-                        "primary": results[self.score]},
-            "score": self.score, "mask_last_n": self.mask_last_n,
+            "summary": summary, "score": self.score, "mask_last_n": self.mask_last_n,
             "scores": {k: v.cpu().numpy() for k, v in scores.items()},
             "labels": labels.cpu().numpy(),
             "thresholds": {n: float(self.cal_threshold[i]) for i, n in enumerate(SCORE_TYPES)},
         }
 
     def summary(self) -> dict[str, Any]:
-        """Score, scored region, level, the `test` table (one row per score) and the primary row."""
+        """Score, scoring settings, the `test` table (one row per score) and the primary row."""
         return self._results["summary"]
 
     def write_figures(self, datamodule: L.LightningDataModule, out_dir: str | Path) -> dict:

@@ -1,0 +1,158 @@
+"""SD-MAE scoring options: all_positions inference, label scopes, reductions, combined weight,
+score=auto chosen on validation only, and every option through a real `debug=fast` run."""
+
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from maelab.data.contracts import SeriesInfo
+from maelab.models.sdmae.config import SDMAEConfig
+from maelab.models.sdmae.masking import block_masks
+from maelab.models.sdmae.module import SDMAEModule
+from maelab.pipeline import evaluate, train
+from tests.conftest import compose_cfg
+
+INFO = SeriesInfo(batch_size=4, seq_length=40, num_features=3, feature_names=["a", "b", "c"],
+                  anomaly_types=["normal", "spike"], eval_level="window", val_has_labels=True,
+                  train_has_labels=True)
+
+
+def module(strategy: str = "patch", **scoring) -> SDMAEModule:
+    cfg = asdict(SDMAEConfig())
+    cfg["net"] |= {"d_model": 16, "encoder_depth": 1, "teacher_depth": 1}
+    cfg["masking"] |= {"strategy": strategy, "patch_size": 5}
+    cfg["scoring"] |= {"mask_last_n": 10, **scoring}
+    return SDMAEModule(**cfg, data_info=asdict(INFO)).eval()
+
+
+@pytest.mark.parametrize("strategy", ["patch", "token", "temporal", "feature_wise"])
+@pytest.mark.parametrize("passes", [1, 2, 4])
+def test_block_masks_hide_every_step_once(strategy, passes):
+    masks = block_masks(strategy, 2, 40, 3, 10, passes, patch_size=5)
+    cells = torch.stack([module(strategy).net(torch.zeros(2, 40, 3), m)["hidden"] for m in masks])
+    assert torch.equal(cells.sum(0), torch.ones(2, 40, 3, dtype=cells.dtype))
+    counts = cells.flatten(1).sum(1)
+    assert bool((counts == counts[0]).all()), "every pass hides as many values"
+
+
+@pytest.mark.parametrize("strategy", ["patch", "temporal", "feature_wise"])
+def test_all_positions_equals_a_loop_over_the_passes(strategy):
+    torch.manual_seed(0)
+    m = module(strategy, inference="all_positions", passes=2)
+    x = torch.randn(3, 40, 3)
+    batched, _ = m.step_scores(x)
+    loop = {"reconstruction": torch.zeros(3, 40, 3), "discrepancy": torch.zeros(3, 40, 3)}
+    for mask in block_masks(strategy, 3, 40, 3, 10, 2, patch_size=5):
+        out = m.net(x, mask)
+        h = out["hidden"]
+        loop["reconstruction"] += torch.where(h, (out["teacher"] - x) ** 2, 0.0)
+        loop["discrepancy"] += torch.where(h, (out["teacher"] - out["student"]) ** 2, 0.0)
+    for k in loop:
+        assert torch.allclose(batched[k], loop[k], atol=1e-5), k
+
+
+def test_last_n_scores_the_hidden_last_steps():
+    m = module()
+    scores, out = m.step_scores(torch.randn(2, 40, 3))
+    assert scores["reconstruction"].shape == (2, 10, 3)
+    assert bool(out["hidden"][:, -10:].all()) and not bool(out["hidden"][:, :-10].any())
+
+
+def hand_built() -> dict[str, torch.Tensor]:
+    """Four windows of 40 steps (scored region: the last 10): normal; anomaly only in the
+    context; anomaly in context and scored region; anomaly only in the scored region."""
+    pl = torch.zeros(4, 40, dtype=torch.long)
+    pl[1, 5:8] = 1
+    pl[2, 25:35] = 1
+    pl[3, 33:36] = 1
+    cells = torch.arange(4, dtype=torch.float64)[:, None, None].expand(4, 10, 3).clone()
+    cells[:, -1, 0] += 100.0  # one large value in every window's last step
+    return {"score/reconstruction": cells, "score/discrepancy": cells.clone(), "point_labels": pl,
+            "anomaly_type": torch.tensor([0, 1, 1, 1]), "start": torch.arange(4),
+            "series": torch.zeros(4, dtype=torch.long)}
+
+
+@pytest.mark.parametrize("scope, labels", [("scored", [0, 0, 1, 1]), ("window", [0, 1, 1, 1])])
+def test_label_scope_on_hand_built_windows(scope, labels):
+    lv = module(label_scope=scope).level_scores(hand_built())
+    assert lv["labels"].tolist() == labels
+    assert lv["groups"]["visible_in_context"].tolist() == [False, False, True, False]
+    assert lv["groups"]["hidden_only"].tolist() == [False, False, False, True]
+    assert ("context_only" in lv["groups"]) == (scope == "window")
+
+
+@pytest.mark.parametrize("reduce, first", [("mean", 100 / 30), ("max", 100.0)])
+def test_reduce(reduce, first):
+    lv = module(reduce=reduce).level_scores(hand_built())
+    assert lv["scores"]["reconstruction"][0].item() == pytest.approx(first)
+
+
+def test_combined_weight_is_chosen_on_validation():
+    m = module()
+    labels = torch.tensor([0, 0, 0, 1, 1, 0])
+    scores = {"discrepancy": torch.tensor([0.1, 0.2, 0.3, 0.9, 0.8, 0.25], dtype=torch.float64),
+              "reconstruction": torch.tensor([0.5, 0.1, 0.9, 0.2, 0.3, 0.4], dtype=torch.float64)}
+    mean, std = m.normal_stats(scores, labels)
+    w = m.fit_combined_weight(scores, labels, mean, std)  # only the discrepancy separates
+    combined = m.with_combined(scores, mean, std, w)["combined"]
+    assert w > 0 and combined[labels == 1].min() > combined[labels == 0].max()
+    swapped = {"discrepancy": scores["reconstruction"], "reconstruction": scores["discrepancy"]}
+    mean, std = m.normal_stats(swapped, labels)
+    assert m.fit_combined_weight(swapped, labels, mean, std) == 0.0  # reconstruction alone
+    assert m.fit_combined_weight(scores, torch.zeros(6, dtype=torch.long), mean, std) == 0.5
+
+
+def test_score_auto_never_reads_test_data(tiny_train_cfg, tmp_path, monkeypatch):
+    """Calibration (which picks the primary score) runs with test loaders that raise, and a test
+    set with other labels leaves the choice unchanged."""
+    cfg = tiny_train_cfg("score=auto", name="run")
+    metrics, objects = train(cfg)
+    chosen = metrics["score"]
+    mod, dm, trainer = objects["module"], objects["datamodule"], objects["trainer"]
+
+    def no_test(*_):
+        raise AssertionError("test data read during calibration")
+
+    monkeypatch.setattr(type(dm), "test_dataloader", no_test)
+    mod.cal_signature.fill_(-1)
+    mod.calibrate(trainer, dm)
+    assert mod.score == chosen
+    monkeypatch.undo()
+    flipped = dm.dataset("test")
+    flipped.point_labels = 1 - flipped.point_labels
+    flipped.label = flipped.point_labels.amax(dim=1)
+    trainer.test(mod, datamodule=dm, verbose=False)
+    assert mod.summary()["score"] == chosen
+
+
+OPTIONS = [
+    "model.net.encoder_input=mask_tokens", "model.net.decoder=cross_attention",
+    "model.net.head=shared", "model.loss.gap_region=window", "model.loss.gap_mask=inference",
+    "model.loss.detach_teacher=false", "model.loss.push=visible", "model.loss.margin_mode=relative",
+    "model.loss.recon_reduction=feature_sum", "eval.label_scope=window",
+    "scoring.inference=all_positions", "scoring.reduce=max", "data.generator=design",
+    "data.normalise=none",
+]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_each_option_trains_with_debug_fast(tiny_train_cfg, option):
+    cfg = tiny_train_cfg(option, name=option.replace("=", "_"))
+    metrics, _ = train(cfg)
+    assert set(metrics["test"]) == {"discrepancy", "reconstruction", "combined"}
+    assert metrics["primary"] == metrics["test"][metrics["score"]]
+    on_disk = json.load(open(f"{cfg.paths.output_dir}/metrics.json"))
+    key, value = option.rsplit("=", 1)
+    if key.startswith(("eval.", "scoring.")):
+        assert on_disk[key.split(".")[1]] == value
+
+
+def test_evaluate_with_other_scoring_recalibrates(tiny_train_cfg):
+    metrics, _ = train(tiny_train_cfg(name="run"))
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",
+                                              "eval.label_scope=window",
+                                              "scoring.inference=all_positions"]))
+    assert again["label_scope"] == "window" and again["inference"] == "all_positions"
+    assert again["test"] != metrics["test"]
