@@ -60,7 +60,7 @@ def run(years: int = 1, repeats: int = 5, warmup: int = 1, seed: int = 0,
 
     def step() -> None:
         batch = module.masked(current["batch"], stream=0)  # as training_step does
-        decode = module._decode_subset(batch)
+        decode = module._decode_subset(batch, 0)
         with autocast:
             out = net(batch) if decode is None else net(batch, decode)
             loss = mmmae_loss(out, batch, {})["loss"]

@@ -271,8 +271,8 @@ def test_catchment_forcing_is_the_visible_value_at_the_catchment_patch() -> None
     the patch is visible that day, else the visible-neighbour mean; nothing where the place is
     unknown."""
     model, batch = make_factorised(), batch_with_location()
-    forcing = model.forcing_at_catchment(batch, list(GRIDS))  # (B, T, 2 · grids)
-    assert forcing.shape == (B, T, 2 * len(GRIDS))
+    forcing = model.forcing_at_catchment(batch, list(GRIDS))  # (B, T, 5 · grids)
+    assert forcing.shape == (B, T, 5 * len(GRIDS))
     patch = [ROWS.index(1) + COLS[ROWS.index(1):].index(1), ROWS.index(3)]  # (1, 1) and (3, 0)
     for j, g in enumerate(GRIDS):
         x, valid, hidden = batch["grids"][g], batch["grid_valid"][g], batch["grid_mask"][g]
@@ -282,6 +282,13 @@ def test_catchment_forcing_is_the_visible_value_at_the_catchment_patch() -> None
         for b, p in enumerate(patch):
             own = seen[b, :, p].any(-1)
             want = torch.where(own, means[b, :, p], near[b, :, p].nan_to_num(0.0))
-            torch.testing.assert_close(forcing[b, :, 2 * j], want)
-            assert torch.equal(forcing[b, :, 2 * j + 1], own.float())
+            torch.testing.assert_close(forcing[b, :, 5 * j], want)
+            assert torch.equal(forcing[b, :, 5 * j + 1], own.float())
+            ema = want.clone()  # the 3-day antecedent mean, as a recursion
+            w, total = torch.exp(torch.tensor(-1 / 3.0)), torch.ones(())
+            for d in range(1, T):
+                total_next = 1 + w * total
+                ema[d] = (want[d] + w * total * ema[d - 1]) / total_next
+                total = total_next
+            torch.testing.assert_close(forcing[b, :, 5 * j + 2], ema)
     assert not forcing[2].any()  # unknown place

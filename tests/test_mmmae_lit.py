@@ -104,8 +104,13 @@ def test_training_decodes_a_keyed_subset_of_the_hidden_grid_tokens() -> None:
         assert not (first[g] & ~masks[g]).any()  # hidden tokens only
         assert torch.equal(first[g], again[g]) and torch.equal(first[g], first[GRIDS[0]])
     assert not torch.equal(first[GRIDS[0]], later[GRIDS[0]])  # fresh every epoch
+    module.validation_step(data, 0)  # its step, then the cross-modal pass (no grid decoded)
+    val0, cross = seen[-2], seen[-1]
+    assert not any(cross[g].any() for g in GRIDS)
+    module.trainer = SimpleNamespace(current_epoch=3)  # type: ignore[assignment]
     module.validation_step(data, 0)
-    assert seen[-1] is None  # validation decodes every hidden token
+    assert all(torch.equal(val0[g], seen[-2][g]) for g in GRIDS)  # a fixed validation subset
+    assert (val0[GRIDS[0]].sum(-1) == first[GRIDS[0]].sum(-1)).all()
 
 
 def test_validation_logs_the_baseline_bars() -> None:

@@ -27,7 +27,8 @@ Encoder blocks (divided space-time attention, as in video transformers such as T
                       per catchment: the day tokens and every visible series token together
     MLP               per token
 Decoder (cross-attention only, as CrossMAE): a query per decoded grid token (mask token + its
-place + the priors' summary) and per series day; per block, cross-attention to the encoder's
+place + the priors' summary + its distance in days to the patch's visible days) and per series
+day (the same, + the day's catchment forcing); per block, cross-attention to the encoder's
 tokens of the query's day, then to those of its track (grid queries: the same patch's visible
 days; series queries: the catchment track), then an MLP. Queries never attend to each other, so
 decoding a subset of the hidden grid tokens (training) gives the same prediction for each as
@@ -50,7 +51,9 @@ from torch import nn
 from maelab.models.mmmae.model import _filled, catchment_embedding
 from maelab.models.mmmae.priors import (
     GRID_PRIORS,
+    antecedent,
     doy_index,
+    gap_features,
     grid_priors,
     series_priors,
     value_at_patch,
@@ -59,6 +62,7 @@ from maelab.nn.posemb import sincos_1d, sincos_2d
 from maelab.nn.transformer import CrossAttention, SelfAttention
 
 _YEAR = 365.25
+ANTECEDENT_DAYS = (3.0, 10.0, 30.0)  # scales of the antecedent means of the catchment forcing
 
 
 def visible_slots(member: torch.Tensor, n: int) -> torch.Tensor:
@@ -257,7 +261,8 @@ class FactorisedMMMAE(nn.Module):
         self.modality = nn.Parameter(torch.zeros(n_mod, d))
         self.absent = nn.Parameter(torch.zeros(d))
         self.season = nn.Linear(2, d)
-        self.catchment_forcing = nn.Linear(2 * len(self.grid_names), d) \
+        n_forcing = len(self.grid_names) * (2 + len(ANTECEDENT_DAYS))
+        self.catchment_forcing = nn.Linear(n_forcing, d) \
             if self.catchment_location and self.grid_names else None
         self.encoder = nn.ModuleList(FactorisedBlock(d, heads, mlp_ratio, dropout, attn_dropout)
                                      for _ in range(depth))
@@ -271,6 +276,10 @@ class FactorisedMMMAE(nn.Module):
                                               if kg else {})
         self.series_prior_embed = nn.ModuleDict({s: nn.Linear(ks, dd) for s in self.series_names}
                                                 if ks else {})
+        self.decoder_forcing = nn.Linear(n_forcing, dd) if self.catchment_forcing is not None \
+            else None
+        self.grid_gap = nn.Linear(3, dd)  # distance of a query to its patch's visible days
+        self.series_gap = nn.Linear(3, dd)  # … to its series' visible valid days
         self.decoder = nn.ModuleList(DecoderBlock(dd, decoder_heads, mlp_ratio, dropout, attn_dropout)
                                      for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(dd)
@@ -383,9 +392,11 @@ class FactorisedMMMAE(nn.Module):
         return torch.where(present.view(shape), e, self.absent.to(e.dtype))
 
     def forcing_at_catchment(self, batch: Mapping[str, Any], grids: list[str]) -> torch.Tensor:
-        """(B, T, 2·grids) each grid's daily value at the catchment's patch (the valid patch
-        nearest to `location`) and whether that patch was visible; 0 for a grid absent from the
-        batch and where the place is unknown. Visible cells only (`value_at_patch`)."""
+        """(B, T, grids · 5) each grid's daily value at the catchment's patch (the valid patch
+        nearest to `location`), whether that patch was visible, and the value's antecedent means
+        over 3, 10 and 30 days (`antecedent`: what a catchment's stores integrate); 0 for a
+        grid absent from the batch and where the place is unknown. Visible cells only
+        (`value_at_patch`)."""
         loc = batch["location"].float()  # (B, 2) patch-grid (row, col), NaN = unknown
         known = loc.isfinite().all(-1)  # (B,)
         patch = torch.cdist(loc.nan_to_num(0.0), self.patch_place).argmin(-1)  # (B,)
@@ -394,12 +405,14 @@ class FactorisedMMMAE(nn.Module):
         with torch.no_grad():
             for g in self.grid_names:
                 if g not in grids:
-                    parts.append(torch.zeros(b, t, 2, device=loc.device))
+                    parts.append(torch.zeros(b, t, 2 + len(ANTECEDENT_DAYS), device=loc.device))
                     continue
                 value, seen = value_at_patch(batch["grids"][g], batch["grid_valid"][g],
                                              batch["grid_mask"][g], patch, self.patch_rows,
                                              self.patch_cols)
-                parts.append(torch.stack([value, seen.float()], -1) * known.view(b, 1, 1))
+                parts.append(torch.cat([value[..., None], seen.float()[..., None],
+                                        antecedent(value[..., None], ANTECEDENT_DAYS)], -1)
+                             * known.view(b, 1, 1))
         return torch.cat(parts, -1)
 
     # ---- encoder ------------------------------------------------------------------------------
@@ -418,8 +431,10 @@ class FactorisedMMMAE(nn.Module):
             valid = batch["static_valid"]
             x = torch.cat([_filled(batch["static"], valid), valid.to(batch["static"].dtype)], -1)
             day = day + self.static_embed(x)[:, None]
+        forcing = None
         if self.catchment_forcing is not None and grids:
-            day = day + self.catchment_forcing(self.forcing_at_catchment(batch, grids))
+            forcing = self.forcing_at_catchment(batch, grids)  # (B, T, F)
+            day = day + self.catchment_forcing(forcing)
         catch = [day]
         for j, s in enumerate(series):
             i = lay.series_days[j]  # (B, V_s)
@@ -447,7 +462,7 @@ class FactorisedMMMAE(nn.Module):
         for block in self.encoder:
             catch_t, grid_t = block(catch_t, grid_t, lay)
         return {"catch": self.encoder_norm(catch_t), "grid": self.encoder_norm(grid_t),
-                "layout": lay}
+                "layout": lay, "forcing": forcing}
 
     # ---- decoder ------------------------------------------------------------------------------
     def decoder_keys(self, enc: Mapping[str, Any], query_tracks: Tracks | None) -> dict[str, Any]:
@@ -493,7 +508,9 @@ class FactorisedMMMAE(nn.Module):
         query_tracks = Tracks.build(member, slots) if h else None
         for j, group in enumerate(lay.groups):
             p = slots[:, :, j]  # (B, T, h)
-            q = self.mask_token + self.dec_space[p] + at_day[:, :, None]
+            gaps = gap_features(~batch["grid_mask"][group[0]])  # (B, T, P, 3)
+            gaps = gaps.gather(2, p[..., None].expand(-1, -1, -1, 3))  # (B, T, h, 3)
+            q = self.mask_token + self.dec_space[p] + at_day[:, :, None] + self.grid_gap(gaps)
             for g in group:
                 q = q + self.decoder_modality[self.grid_names.index(g)]
                 if self.grid_prior_names:
@@ -508,9 +525,12 @@ class FactorisedMMMAE(nn.Module):
         # series queries: every day of every series
         q_series, s_priors = [], {}
         place = catchment_embedding(batch, dd)[:, None] if self.catchment_location else 0.0
+        if enc["forcing"] is not None:  # the catchment's forcing of the query's day
+            place = place + self.decoder_forcing(enc["forcing"])  # (B, T, Dd)
         for s in lay.series:
-            q = self.mask_token + at_day + place + \
-                self.decoder_modality[len(self.grid_names) + self.series_names.index(s)]
+            known = batch["series_valid"][s] & ~batch["series_mask"][s]  # (B, T)
+            q = self.mask_token + at_day + place + self.series_gap(gap_features(known[..., None])[:, :, 0]) \
+                + self.decoder_modality[len(self.grid_names) + self.series_names.index(s)]
             if self.series_prior_names:
                 with torch.no_grad():
                     s_priors[s] = series_priors(self.series_prior_names, batch["series"][s],

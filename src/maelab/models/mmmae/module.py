@@ -118,11 +118,12 @@ class MMMAEModule(MaeModule):
 
     def training_step(self, batch: HydroBatch, batch_idx: int) -> torch.Tensor:
         masked = self._hide_whole_series(self.masked(batch, self.current_epoch), batch_idx)
-        return self._step(masked, "train", self._decode_subset(masked))
+        return self._step(masked, "train", self._decode_subset(masked, self.current_epoch))
 
-    def _decode_subset(self, batch: MaskedHydroBatch) -> dict[str, torch.Tensor] | None:
-        """The training subset of hidden grid tokens to decode (`net.decode_fraction` < 1), keyed
-        by (epoch, catchment, start); None: all of them."""
+    def _decode_subset(self, batch: MaskedHydroBatch, stream: int) -> dict[str, torch.Tensor] | None:
+        """The subset of hidden grid tokens to decode (`net.decode_fraction` < 1), keyed by
+        (stream, catchment, start): stream = the epoch in training, -1 in validation (a fixed
+        subset); None: all of them (the test decodes every hidden token)."""
         if self.decode_fraction >= 1.0 or not isinstance(self.net, FactorisedMMMAE):
             return None
         grids, _ = self.net.included(batch["present"])
@@ -130,7 +131,7 @@ class MMMAEModule(MaeModule):
             return None
         start = batch["start"]
         noise = KeyedNoise(self.hparams.seed, torch.full_like(start, _DECODE_STREAM),
-                           torch.full_like(start, self.current_epoch), batch["catchment"], start)
+                           torch.full_like(start, stream), batch["catchment"], start)
         return decode_subset(noise, {g: batch["grid_mask"][g] for g in grids}, self.decode_fraction)
 
     def _hide_whole_series(self, batch: MaskedHydroBatch, batch_idx: int) -> MaskedHydroBatch:
@@ -150,8 +151,9 @@ class MMMAEModule(MaeModule):
 
     def validation_step(self, batch: HydroBatch, batch_idx: int) -> None:
         masked = self.masked(batch, -1)  # fixed per-window masks: comparable across epochs
-        self._step(masked, "val")
-        self._log_baseline_losses(masked)
+        decode = self._decode_subset(masked, -1)
+        self._step(masked, "val", decode)
+        self._log_baseline_losses(masked, decode)
         target = self.hparams.evaluation.get("cross_modal")
         if target is not None and bool(masked["present"][target].any()):
             self._log_cross_modal_loss(masked, target)
@@ -181,11 +183,12 @@ class MMMAEModule(MaeModule):
                     if isinstance(self.net, FactorisedMMMAE) else None)
         return self({**batch, "series_mask": masks}, no_grids)["series"][target]
 
-    def _log_baseline_losses(self, batch: MaskedHydroBatch) -> None:
+    def _log_baseline_losses(self, batch: MaskedHydroBatch,
+                             decode: dict[str, torch.Tensor] | None = None) -> None:
         """The bars the reconstruction must beat, in the units of `val/loss_<modality>`:
         `val/loss_<series>_interpolation` (linear interpolation across hidden days; windows with
         no visible valid day left out) and `val/loss_<grid>_neighbour_mean` (mean of the nearest
-        visible patches on the same day)."""
+        visible patches on the same day; on the decoded hidden tokens, as the model's loss)."""
         b = batch["static"].shape[0]
         for s in self.net.series_names:
             if not bool(batch["present"][s].any()):
@@ -204,7 +207,8 @@ class MMMAEModule(MaeModule):
             every = torch.arange(hidden.shape[-1], device=hidden.device).expand_as(hidden)
             near = grid_priors(["neighbour_mean"], x, valid, hidden, every, info.valid_patch_rows,
                                info.valid_patch_cols)[..., 0, :]  # (B, T, P, p²)
-            mse = selected_mse(near, x, hidden[..., None] & valid)
+            scored = hidden if decode is None else decode[g]
+            mse = selected_mse(near, x, scored[..., None] & valid)
             if mse is not None:
                 self.log(f"val/loss_{g}_neighbour_mean", mse, on_step=False, on_epoch=True,
                          batch_size=b)

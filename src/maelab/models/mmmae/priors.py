@@ -29,7 +29,7 @@ from maelab.models.mmmae.config import GRID_PRIORS, SERIES_PRIORS
 from maelab.scoring.hydro_metrics import day_of_year, interpolate_days, neighbour_mean
 
 __all__ = ["GRID_PRIORS", "SERIES_PRIORS", "doy_index", "grid_priors", "nearest_days", "normalise",
-           "normalised_climatology", "series_priors", "value_at_patch"]
+           "normalised_climatology", "series_priors", "value_at_patch", "antecedent", "gap_features"]
 
 
 def normalise(x: torch.Tensor, stats: Mapping[str, Any]) -> torch.Tensor:
@@ -58,6 +58,18 @@ def nearest_days(known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     prev = torch.where(known, days, -1).cummax(1).values
     nxt = torch.where(known, days, t).flip(1).cummin(1).values.flip(1)
     return prev, nxt
+
+
+def gap_features(known: torch.Tensor, scale: float = 30.0) -> torch.Tensor:
+    """known (B, T, U) → (B, T, U, 3): days since the last known day and until the next one
+    (/ scale, capped at 1; 1 where there is none) and whether any day is known: how far the
+    interpolation prior has to reach (a decoder input)."""
+    t = known.shape[1]
+    prev, nxt = nearest_days(known)
+    now = torch.arange(t, device=known.device).view(1, t, 1)
+    since = torch.where(prev >= 0, (now - prev) / scale, 1.0).clamp_max(1.0)
+    until = torch.where(nxt < t, (nxt - now) / scale, 1.0).clamp_max(1.0)
+    return torch.stack([since, until, known.any(1, keepdim=True).expand_as(since).float()], -1)
 
 
 def grid_priors(names: Sequence[str], x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,
@@ -123,6 +135,20 @@ def value_at_patch(x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,
     own = torch.where(v, x[r, day, at][:, :, 0], 0.0).sum(-1) / v.sum(-1).clamp_min(1)
     seen = v.any(-1)
     return torch.where(seen, own.float(), near), seen
+
+
+def antecedent(x: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    """Causal exponentially weighted means of daily values (antecedent indices, as hydrology's
+    antecedent precipitation index): x (B, T, C) → (B, T, C · len(scales)); day t averages days
+    ≤ t of the window with weights exp(−lag / scale), normalised over the days there are."""
+    b, t, c = x.shape
+    lag = torch.arange(t, device=x.device, dtype=torch.float32)
+    w = torch.exp(-lag[None] / torch.as_tensor(scales, dtype=torch.float32, device=x.device)[:, None])
+    kernel = w.flip(-1)[:, None]  # (S, 1, T) conv1d weights, lag 0 last
+    flat = x.permute(0, 2, 1).reshape(b * c, 1, t)
+    num = torch.nn.functional.conv1d(torch.nn.functional.pad(flat, (t - 1, 0)), kernel)  # (B·C, S, T)
+    den = w.cumsum(-1)  # (S, T): the weights of days 0 … t
+    return (num / den).reshape(b, c, len(scales), t).permute(0, 3, 1, 2).reshape(b, t, -1)
 
 
 def series_priors(names: Sequence[str], x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,
