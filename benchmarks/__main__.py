@@ -51,6 +51,11 @@ SUITE: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
                             {"batch_size": 16, "repeats": 2, "overrides": TINY_SDMAE}),
     "mmmae_encoder": ("benchmarks.mmmae_encoder", {"batch_size": 4, "repeats": 5},
                       {**TINY_MMMAE, "temporal_patch": 30, "repeats": 2, "warmup": 1}),
+    "mmmae_step": ("benchmarks.mmmae_step", {"batch_size": 1, "repeats": 3, "full_repeats": 1},
+                   {"seq_len": 30, "repeats": 1, "warmup": 0,
+                    "overrides": ["model.net.d_model=16", "model.net.depth=1", "model.net.heads=2",
+                                  "model.net.decoder_dim=16", "model.net.decoder_depth=1",
+                                  "model.net.decoder_heads=2"]}),
     "mfu": ("benchmarks.mfu", {},
             {**TINY_MMMAE, "repeats": 2, "gemm_n": 256}),
     "hydro_loader": ("benchmarks.hydro_loader", {"days": 365, "repeats": 5},
@@ -190,6 +195,15 @@ def _rows_of(name: str, r: dict[str, Any]) -> list[Row]:
                     f" tok/s) · all tokens {full['step_s']:.3f} s "
                     f"({_fmt_rate(bs * full['tokens'] / full['step_s'])} tok/s)",
                     f"{r['speedup']:.1f}× faster", "≥ 3×", r["speedup"] >= 3)]
+    if name == "mmmae_step":
+        s, rs = r["settings"], r["rows"]
+        names = list(rs)
+        base = rs[names[0]]
+        return [row(f"MM-MAE step · {n}",
+                    f"{rs[n]['step_s']:.3f} s per step of {s['batch_size']} × {s['seq_len']}-day "
+                    f"window{'s' if s['batch_size'] > 1 else ''} (median of {rs[n]['steps_timed']})",
+                    "" if n == names[0] else f"{rs[n]['over_default']:.2f}× the default's "
+                    f"{base['step_s']:.3f} s") for n in names]
     if name == "mfu":
         s = r["settings"]
         return [row(f"MFU · MM-MAE d={s['d_model']}",

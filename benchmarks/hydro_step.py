@@ -46,7 +46,9 @@ def run(years: int = 1, repeats: int = 5, warmup: int = 1, seed: int = 0,
     dm.prepare_data()
     dm.setup("fit")
     torch.manual_seed(seed)
-    module = build_module(cfg, dm).to(dev)
+    module = build_module(cfg, dm)
+    module.use_data(dm)  # the climatology (prior and baseline), as the trainer's setup does
+    module = module.to(dev)
     net = module.net.train()
     opt = adamw_warmup_cosine(net, 1000, 1e-3)["optimizer"]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
@@ -57,9 +59,11 @@ def run(years: int = 1, repeats: int = 5, warmup: int = 1, seed: int = 0,
         current["batch"] = _to(next(batches), dev)
 
     def step() -> None:
-        batch = module.masked(current["batch"], stream=0)  # as on_after_batch_transfer does
+        batch = module.masked(current["batch"], stream=0)  # as training_step does
+        decode = module._decode_subset(batch, 0)
         with autocast:
-            loss = mmmae_loss(net(batch), batch, {})["loss"]
+            out = net(batch) if decode is None else net(batch, decode)
+            loss = mmmae_loss(out, batch, {})["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

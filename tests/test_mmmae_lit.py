@@ -21,8 +21,9 @@ INFO = asdict(HydroInfo(
     valid_patch_cols=COLS, patch_grid_shape=[4, 4], n_static=5, static_names=list("abcde"),
     batch_size=3,
     stats={n: {"mean": 0.0, "std": 1.0, "log": n == "riverflow"} for n in (*GRIDS, *SERIES)}))
-NET = {"temporal_patch": 3, "d_model": 16, "depth": 1, "heads": 2, "decoder_dim": 8,
-       "decoder_depth": 1, "decoder_heads": 2}
+NET = {"d_model": 16, "depth": 1, "heads": 2, "decoder_dim": 8, "decoder_depth": 1,
+       "decoder_heads": 2, "grid_priors": ["neighbour_mean", "interpolation"],
+       "series_priors": ["interpolation"]}  # factorised; no climatology (no DataModule here)
 
 
 def make_module(**kw: Any) -> MMMAEModule:
@@ -36,7 +37,7 @@ def test_steps_draw_masks_fresh_per_training_epoch_fixed_in_evaluation() -> None
     module = make_module(masking={"strategy": "independent", "ratio": 0.5})
     data = {k: v for k, v in make_batch().items() if k not in ("grid_mask", "series_mask")}
     seen: list[dict[str, Any]] = []
-    module._step = lambda batch, stage: seen.append(batch)  # type: ignore[method-assign]
+    module._step = lambda batch, stage, decode=None: seen.append(batch)  # type: ignore[method-assign]
     module.log = lambda *args, **kw: None  # type: ignore[method-assign]
 
     def drawn(stage: str, epoch: int) -> dict[str, Any]:
@@ -81,10 +82,42 @@ def test_bad_settings_name_their_key(kw: dict, key: str) -> None:
         make_module(**kw)
 
 
-def test_validation_logs_the_interpolation_bar() -> None:
-    """`val/loss_<series>_interpolation` is the interpolation's loss: a fresh model (zero series
-    head on top of the interpolation skip) scores exactly that."""
+def test_training_decodes_a_keyed_subset_of_the_hidden_grid_tokens() -> None:
+    module = make_module(net=NET | {"decode_fraction": 0.5}, masking={"strategy": "unified"})
+    data = {k: v for k, v in make_batch().items() if k not in ("grid_mask", "series_mask")}
+    data["location"] = torch.zeros(3, 2)
+    seen: list[dict[str, Any]] = []
+    module.log = lambda *args, **kw: None  # type: ignore[method-assign]
+    module.log_dict = lambda *args, **kw: None  # type: ignore[method-assign]
+    real = module.net.forward
+    module.net.forward = lambda batch, decode=None: seen.append(decode) or real(batch, decode)
+
+    def decoded(epoch: int) -> dict[str, torch.Tensor]:
+        module.trainer = SimpleNamespace(current_epoch=epoch)  # type: ignore[assignment]
+        module.training_step(data, 0)
+        return seen[-1]
+
+    first, again, later = decoded(0), decoded(0), decoded(1)
+    masks = module.masked(data, 0)["grid_mask"]
+    for g in GRIDS:
+        assert (first[g].sum(-1) == round(0.5 * round(0.5 * len(ROWS)))).all()
+        assert not (first[g] & ~masks[g]).any()  # hidden tokens only
+        assert torch.equal(first[g], again[g]) and torch.equal(first[g], first[GRIDS[0]])
+    assert not torch.equal(first[GRIDS[0]], later[GRIDS[0]])  # fresh every epoch
+    module.validation_step(data, 0)  # its step, then the cross-modal pass (no grid decoded)
+    val0, cross = seen[-2], seen[-1]
+    assert not any(cross[g].any() for g in GRIDS)
+    module.trainer = SimpleNamespace(current_epoch=3)  # type: ignore[assignment]
+    module.validation_step(data, 0)
+    assert all(torch.equal(val0[g], seen[-2][g]) for g in GRIDS)  # a fixed validation subset
+    assert (val0[GRIDS[0]].sum(-1) == first[GRIDS[0]].sum(-1)).all()
+
+
+def test_validation_logs_the_baseline_bars() -> None:
+    """`val/loss_<series>_interpolation` and `val/loss_<grid>_neighbour_mean` are the baselines'
+    losses: a fresh model (weights on its first prior, zero correction) scores exactly those."""
     module, batch = make_module(), make_batch()
+    batch["location"] = torch.zeros(3, 2)
     logged: dict[str, float] = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, value.item())  # type: ignore
     module.log_dict = lambda d, **kw: logged.update({k: v.item() for k, v in d.items()})  # type: ignore
@@ -92,3 +125,6 @@ def test_validation_logs_the_interpolation_bar() -> None:
     for s in SERIES:
         assert logged[f"val/loss_{s}_interpolation"] == pytest.approx(logged[f"val/loss_{s}"])
         assert logged[f"val/loss_{s}_interpolation"] > 0
+    for g in GRIDS:
+        assert logged[f"val/loss_{g}_neighbour_mean"] == pytest.approx(logged[f"val/loss_{g}"])
+        assert logged[f"val/loss_{g}_neighbour_mean"] > 0

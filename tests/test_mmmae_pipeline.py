@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import open_dict
 
 from benchmarks.mmmae_encoder import run as run_benchmark
@@ -26,9 +27,9 @@ SMALL = [
     "data.splits.train.start=2000-01-01", "data.splits.train.end=2000-02-29",
     "data.splits.val.start=2000-03-01", "data.splits.val.end=2000-03-31",
     "data.splits.test.start=2000-04-01", "data.splits.test.end=2000-04-30",
-    "model.net.temporal_patch=5", "model.net.d_model=16", "model.net.depth=1", "model.net.heads=2",
+    "model.net.d_model=16", "model.net.depth=1", "model.net.heads=2",
     "model.net.decoder_dim=16", "model.net.decoder_depth=1", "model.net.decoder_heads=2",
-]
+]  # the default network (factorised, per-day tokens, every prior), small
 GRID_ROWS = ("precipitation", "soil_moisture", "temperature")
 
 
@@ -101,9 +102,12 @@ def test_perfect_reconstruction_gives_nse_one_and_rmse_zero(tmp_path: Path, cach
     module = build_module(cfg, dm)
     real = module.net.forward
 
-    def oracle(batch: dict[str, Any]) -> dict[str, Any]:
-        out = real(batch)  # hidden masks of the model, predictions replaced by the truth
-        out["grids"] = {g: batch["grids"][g].nan_to_num() for g in out["grids"]}
+    def oracle(batch: dict[str, Any], decode: Any = None) -> dict[str, Any]:
+        out = real(batch, decode)  # the model's decoded tokens, predictions replaced by the truth
+        rows = torch.arange(len(batch["start"])).view(-1, 1, 1)
+        days = torch.arange(batch["time"].shape[1]).view(1, -1, 1)
+        out["grids"] = {g: batch["grids"][g].nan_to_num()[rows, days, out["grid_slots"][g]]
+                        for g in out["grids"]}
         out["series"] = {s: batch["series"][s].nan_to_num() for s in out["series"]}
         return out
 
@@ -148,6 +152,11 @@ def test_only_the_tests_that_ran_are_recorded(tmp_path: Path, cache: str) -> Non
     (["masking.series_modes={flow: all}"], "masking.series_modes.flow"),
     (["masking.series_modes={riverflow: contiguous}", "masking.gap_days=90"], "masking.gap_days"),
     (["model.net.temporal_patch=7"], "model.net.temporal_patch"),
+    (["model.net.temporal_patch=5"], "model.net.temporal_patch"),  # factorised: per-day tokens
+    (["experiment=hydro_joint", "model.net.grid_priors=[neighbour_mean]"], "model.net.grid_priors"),
+    (["model.net.grid_priors=[neighbour_mean,neighbour_mean]"], "model.net.grid_priors"),
+    (["model.net.series_priors=[neighbour_mean]"], "model.net.series_priors"),
+    (["model.net.decode_fraction=0"], "model.net.decode_fraction"),
     (["masking_ratio=0.999"], "masking_ratio"),
     (["masking.strategy=patch"], "masking"),
     (["model.net.d_model=30", "model.net.heads=3"], "model.net.d_model"),
@@ -155,7 +164,8 @@ def test_only_the_tests_that_ran_are_recorded(tmp_path: Path, cache: str) -> Non
     (["model.loss.weights.riverflow=-1"], "model.loss.weights.riverflow"),
 ])
 def test_bad_configs_fail_early(overrides: list[str], key: str) -> None:
-    cfg = compose_cfg("train", ["experiment=hydro", *overrides])
+    experiment = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=hydro"]
+    cfg = compose_cfg("train", [*experiment, *overrides])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(cfg)
 

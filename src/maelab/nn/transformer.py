@@ -2,6 +2,7 @@
 
 Pre-norm (`norm="pre"`, maelab's default: x + f(LN(x)), a final LayerNorm after the stack) or
 post-norm (`norm="post"`: LN(x + f(x)), as `nn.TransformerEncoderLayer`'s default).
+Self- and cross-attention take an optional key mask (True = attend) for padded groups of tokens.
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _key_mask(key_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, Nk) bool, True = attend → SDPA's (B, 1, 1, Nk) boolean mask; None stays None."""
+    return None if key_mask is None else key_mask[:, None, None, :]
 
 
 class SelfAttention(nn.Module):
@@ -22,16 +28,18 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D), key_mask (B, N) True = attend (None: all) → (B, N, D)."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         drop = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=drop)  # (B, H, N, Dh)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=_key_mask(key_mask),
+                                             dropout_p=drop)  # (B, H, N, Dh)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention of queries x (B, N, D) to a memory (B, M, D)."""
+    """Multi-head attention of queries `x` to a `context` (keys and values)."""
 
     def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0) -> None:
         super().__init__()
@@ -42,14 +50,17 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:  # -> (B, N, D)
-        b, n, d = x.shape
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, Nq, D), context (B, Nk, D), key_mask (B, Nk) True = attend → (B, Nq, D)."""
+        b, nq, d = x.shape
         h = self.heads
-        q = self.q(x).reshape(b, n, h, d // h).transpose(1, 2)  # (B, H, N, Dh)
-        kv = self.kv(memory).reshape(b, memory.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        q = self.q(x).reshape(b, nq, h, d // h).transpose(1, 2)  # (B, H, Nq, Dh)
+        kv = self.kv(context).reshape(b, -1, 2, h, d // h).permute(2, 0, 3, 1, 4)  # (2, B, H, Nk, Dh)
         drop = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=drop)  # (B, H, N, Dh)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=_key_mask(key_mask),
+                                             dropout_p=drop)  # (B, H, Nq, Dh)
+        return self.proj(out.transpose(1, 2).reshape(b, nq, d))
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}

@@ -20,26 +20,42 @@ STRATEGIES = ("unified", "independent")
 SERIES_MODES = ("shared", "independent")
 SERIES_MASKS = ("random_days", "all", "contiguous", "visible")  # masking.series_modes values
 SERIES_SKIPS = ("interpolation", "none")
+ATTENTIONS = ("factorised", "joint")
+# the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
+GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
+SERIES_PRIORS = ("interpolation", "climatology")
+
+
+def _priors(key: str, names: list[str], known: tuple[str, ...]) -> None:
+    for name in names:
+        one_of(key, name, known)
+    if len(set(names)) != len(names):
+        raise ConfigError(key, names, f"distinct names out of {list(known)}")
 
 
 @dataclass
 class NetConfig:
-    """`MMMAE` sizes (maelab.models.mmmae.model)."""
+    """Network sizes and design (maelab.models.mmmae.factorised | model)."""
 
-    temporal_patch: int = 1  # days per grid token (divides data.seq_len); 1 = one token per day
-    d_model: int = 128  # encoder width
-    depth: int = 4  # encoder blocks
-    heads: int = 4
+    attention: str = "factorised"  # factorised: per-day tokens, day × track attention | joint
+    temporal_patch: int = 1  # days per grid token (joint only; divides data.seq_len)
+    d_model: int = 64  # encoder width
+    depth: int = 2  # encoder blocks
+    heads: int = 2
     decoder_dim: int = 64  # lighter decoder: own width and depth
-    decoder_depth: int = 2
-    decoder_heads: int = 4
+    decoder_depth: int = 1
+    decoder_heads: int = 2
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     attn_dropout: float = 0.0  # > 0 disables the fused attention kernel
-    series_skip: str = "interpolation"  # interpolation of visible days + learned correction | none
+    # decoder priors; prediction = weighted priors + correction, starting at the first one
+    grid_priors: list[str] = field(default_factory=lambda: list(GRID_PRIORS))
+    series_priors: list[str] = field(default_factory=lambda: list(SERIES_PRIORS))
+    decode_fraction: float = 1.0  # share of hidden grid tokens decoded per training step
     catchment_location: bool = False  # static/series tokens get the catchment's patch-grid place
 
     def __post_init__(self) -> None:
+        one_of("attention", self.attention, ATTENTIONS)
         for key in ("temporal_patch", "d_model", "depth", "heads", "decoder_dim", "decoder_depth",
                     "decoder_heads"):
             positive_int(key, getattr(self, key))
@@ -48,7 +64,23 @@ class NetConfig:
         at_least("mlp_ratio", self.mlp_ratio, 0.0, strict=True)
         in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
         in_range("attn_dropout", self.attn_dropout, 0.0, 1.0, high_open=True)
-        one_of("series_skip", self.series_skip, SERIES_SKIPS)
+        in_range("decode_fraction", self.decode_fraction, 0.0, 1.0, low_open=True)
+        _priors("grid_priors", self.grid_priors, GRID_PRIORS)
+        _priors("series_priors", self.series_priors, SERIES_PRIORS)
+        if self.attention == "factorised" and self.temporal_patch != 1:
+            raise ConfigError("temporal_patch", self.temporal_patch,
+                              "1 with attention=factorised (per-day tokens); k > 1 needs "
+                              "model.net.attention=joint")
+        if self.attention == "joint":
+            if self.grid_priors:
+                raise ConfigError("grid_priors", self.grid_priors,
+                                  "[] with attention=joint (its decoder has no grid priors)")
+            if self.series_priors not in ([], ["interpolation"]):
+                raise ConfigError("series_priors", self.series_priors,
+                                  "[] or [interpolation] with attention=joint")
+            if self.decode_fraction != 1.0:
+                raise ConfigError("decode_fraction", self.decode_fraction,
+                                  "1.0 with attention=joint (it decodes every token)")
 
 
 @dataclass

@@ -39,14 +39,22 @@ def mmmae_loss(
     values; series: finite days). `loss` = weighted mean of the modality losses present in the
     batch (weight 1 unless given); modalities without hidden valid positions are skipped.
     `norm_pix_loss`: grid targets normalised per patch and day over its valid cells (MAE).
+    Grid predictions are (B, T, P, p²), or (B, T, h, p²) at the patches `out["grid_slots"]`.
     """
     parts: dict[str, torch.Tensor] = {}
     for g, pred in out["grids"].items():
         target, valid = batch["grids"][g], batch["grid_valid"][g]  # (B, T, P, p²)
+        hidden = out["grid_hidden"][g][..., None]
+        if "grid_slots" in out:  # predictions of the decoded (hidden) tokens only: (B, T, h, p²)
+            slots = out["grid_slots"][g]
+            rows = torch.arange(slots.shape[0], device=slots.device).view(-1, 1, 1)
+            days = torch.arange(slots.shape[1], device=slots.device).view(1, -1, 1)
+            target, valid = target[rows, days, slots], valid[rows, days, slots]
+            hidden = hidden[rows, days, slots]
         if norm_pix_loss:
             mean, std = patch_stats(target, valid)
             target = (target - mean) / std
-        mse = selected_mse(pred, target, out["grid_hidden"][g][..., None] & valid)
+        mse = selected_mse(pred, target, hidden & valid)
         if mse is not None:
             parts[g] = mse
     for s, pred in out["series"].items():

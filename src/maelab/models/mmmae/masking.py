@@ -14,7 +14,7 @@ validation and test (fixed masks, identical across epochs, batch orders and batc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -77,6 +77,24 @@ def series_masks(noise: KeyedNoise, cfg: MaskingConfig, seq_len: int,
         if modes[s] in ("all", "visible") and cfg.enabled:
             per[s] = torch.full_like(m[:, 0], modes[s] == "all")
     return per
+
+
+def decode_subset(noise: KeyedNoise, hidden: Mapping[str, torch.Tensor],
+                  fraction: float) -> dict[str, torch.Tensor]:
+    """Per grid bool (B, T, P): round(fraction × hidden) (at least 1) of each day's hidden
+    patches, the grid tokens a training step decodes and scores (the factorised decoder's
+    queries are independent, so this is a subset of the full reconstruction). Grids with equal
+    masks (which share their tokens) get the same subset."""
+    out: dict[str, torch.Tensor] = {}
+    for g, h in hidden.items():
+        same = next((k for k in out if hidden[k] is h or torch.equal(hidden[k], h)), None)
+        if same is not None:
+            out[g] = out[same]
+            continue
+        n = max(round(fraction * int(h[0, 0].sum())), 1)
+        u = torch.where(h, noise.uniform(tuple(h.shape)), 2.0)  # visible ranked last
+        out[g] = h & (u.argsort(dim=-1).argsort(dim=-1) < n)
+    return out
 
 
 def window_noise(seed: int, batch: HydroBatch, stream: int) -> KeyedNoise:

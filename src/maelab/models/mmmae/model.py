@@ -47,6 +47,16 @@ def _filled(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def catchment_embedding(batch: Mapping[str, Any], dim: int) -> torch.Tensor:
+    """(B, dim) 2-D sin-cos of each catchment's place on the patch grid (the batch's `location`
+    (B, 2) row, col), the embedding of the grid patches there; 0 where the place is unknown."""
+    if batch.get("location") is None:
+        raise ValueError("catchment_location=True needs the batch's `location` (B, 2)")
+    loc = batch["location"].float()  # (B, 2) patch-grid (row, col), NaN = unknown
+    known = loc.isfinite().all(-1, keepdim=True)  # (B, 1)
+    return sincos_2d_at(loc[:, 0].nan_to_num(0.0), loc[:, 1].nan_to_num(0.0), dim) * known
+
+
 class MMMAE(nn.Module):
     """Cross-modal MAE over grid patches, series days and a static token."""
 
@@ -140,12 +150,7 @@ class MMMAE(nn.Module):
         without `catchment_location`."""
         if not self.catchment_location:
             return None
-        if batch.get("location") is None:
-            raise ValueError("catchment_location=True needs the batch's `location` (B, 2)")
-        loc = batch["location"].float()  # (B, 2) patch-grid (row, col), NaN = unknown
-        known = loc.isfinite().all(-1, keepdim=True)  # (B, 1)
-        e = sincos_2d_at(loc[:, 0].nan_to_num(0.0), loc[:, 1].nan_to_num(0.0), dim)  # (B, dim)
-        return (e * known)[:, None]
+        return catchment_embedding(batch, dim)[:, None]
 
     def grid_token_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Day mask (B, T, P) → token mask (B, G, P): the mask of each group's first day."""

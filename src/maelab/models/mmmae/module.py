@@ -14,12 +14,15 @@ from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
 from maelab.models.mmmae.config import MaskingConfig
 from maelab.models.mmmae.evaluation import TestEvaluation, climatologies
+from maelab.models.mmmae.factorised import FactorisedMMMAE, expand_grids
 from maelab.models.mmmae.loss import mmmae_loss, selected_mse
-from maelab.models.mmmae.masking import MaskedHydroBatch, with_masks
+from maelab.models.mmmae.masking import MaskedHydroBatch, decode_subset, with_masks
 from maelab.models.mmmae.model import MMMAE
+from maelab.models.mmmae.priors import doy_index, grid_priors, normalise, normalised_climatology
 from maelab.scoring.hydro_metrics import interpolate_days
 
 _HIDE_SERIES_STREAM = -2  # keys the whole-series hiding noise apart from the masks' streams
+_DECODE_STREAM = -3  # keys the training subset of decoded grid tokens
 
 
 class MMMAEModule(MaeModule):
@@ -27,6 +30,9 @@ class MMMAEModule(MaeModule):
 
     Each step draws its batch's masks on the batch's device, per window from the shared keyed
     noise: fresh every training epoch, fixed in validation and test (maelab.models.mmmae.masking).
+    `net.attention` picks the network: `factorised` (per-day tokens, day × track attention,
+    baseline priors in the decoder; maelab.models.mmmae.factorised) or `joint` (one transformer
+    over all visible tokens, `temporal_patch` days per grid token; maelab.models.mmmae.model).
     """
 
     name = "mmmae"
@@ -47,19 +53,48 @@ class MMMAEModule(MaeModule):
         if target is not None and target not in self.info.series_names:
             raise ConfigError("model.evaluation.cross_modal", target,
                               f"null or a series: {', '.join(self.info.series_names)}")
-        self.net = MMMAE(
-            grid_names=self.info.grid_names, series_names=self.info.series_names,
-            seq_len=self.info.seq_len, patch_size=self.info.patch_size,
-            patch_rows=self.info.valid_patch_rows, patch_cols=self.info.valid_patch_cols,
-            patch_grid_shape=self.info.patch_grid_shape, n_static=self.info.n_static, **net,
-        )
+        self.net = self._build_net(dict(net))
         self._evaluation: TestEvaluation | None = None
         self._results: dict[str, Any] = {}
+        self._climatology: dict[str, torch.Tensor] | None = None  # physical units (baselines)
 
-    def forward(self, batch: MaskedHydroBatch) -> dict[str, dict[str, torch.Tensor]]:
-        """Reconstructions (normalised units); bf16 autocast on GPU."""
+    def _build_net(self, net: dict[str, Any]) -> FactorisedMMMAE | MMMAE:
+        info = self.info
+        layout = {"grid_names": info.grid_names, "series_names": info.series_names,
+                  "seq_len": info.seq_len, "patch_size": info.patch_size,
+                  "patch_rows": info.valid_patch_rows, "patch_cols": info.valid_patch_cols,
+                  "patch_grid_shape": info.patch_grid_shape, "n_static": info.n_static}
+        attention = net.pop("attention", "factorised")
+        self.decode_fraction = float(net.pop("decode_fraction", 1.0))
+        if attention == "joint":
+            net.pop("grid_priors", None)
+            skip = "interpolation" if "interpolation" in net.pop("series_priors", []) else "none"
+            return MMMAE(**layout, **net, series_skip=skip)
+        net.pop("temporal_patch", None)
+        return FactorisedMMMAE(**layout, **net)
+
+    def setup(self, stage: str) -> None:
+        """Lightning hook: `use_data` with the trainer's DataModule."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None:
+            self.use_data(dm)
+
+    def use_data(self, datamodule: L.LightningDataModule) -> None:
+        """The training period's daily climatology (the baseline and, in model units, the
+        decoder's climatology prior) from the DataModule's store; once."""
+        if self._climatology is not None:
+            return
+        window = int(self.hparams.evaluation["climatology_window"])
+        self._climatology = climatologies(datamodule.store, datamodule.splits["train"], window)
+        if isinstance(self.net, FactorisedMMMAE):
+            self.net.set_climatology(normalised_climatology(self._climatology, self.info.stats))
+
+    def forward(self, batch: MaskedHydroBatch, decode: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, dict[str, torch.Tensor]]:
+        """Reconstructions (normalised units); bf16 autocast on GPU. `decode`: the hidden grid
+        tokens to predict (factorised; default every hidden one)."""
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return self.net(batch)
+            return self.net(batch) if decode is None else self.net(batch, decode)
 
     # ---- masks ----------------------------------------------------------------------------------
     def masked(self, batch: HydroBatch, stream: int) -> MaskedHydroBatch:
@@ -68,8 +103,9 @@ class MMMAEModule(MaeModule):
                           self.info.grid_names, self.info.series_names)
 
     # ---- training -----------------------------------------------------------------------------
-    def _step(self, batch: MaskedHydroBatch, stage: str) -> torch.Tensor:
-        out = self(batch)
+    def _step(self, batch: MaskedHydroBatch, stage: str,
+              decode: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        out = self(batch, decode)
         lw = self.hparams.loss
         parts = mmmae_loss(out, batch, lw.get("weights") or {}, bool(lw.get("norm_pix_loss")))
         loss = parts["loss"]
@@ -81,8 +117,22 @@ class MMMAEModule(MaeModule):
         return loss
 
     def training_step(self, batch: HydroBatch, batch_idx: int) -> torch.Tensor:
-        masked = self.masked(batch, self.current_epoch)  # fresh every epoch
-        return self._step(self._hide_whole_series(masked, batch_idx), "train")
+        masked = self._hide_whole_series(self.masked(batch, self.current_epoch), batch_idx)
+        return self._step(masked, "train", self._decode_subset(masked, self.current_epoch))
+
+    def _decode_subset(self, batch: MaskedHydroBatch, stream: int) -> dict[str, torch.Tensor] | None:
+        """The subset of hidden grid tokens to decode (`net.decode_fraction` < 1), keyed by
+        (stream, catchment, start): stream = the epoch in training, -1 in validation (a fixed
+        subset); None: all of them (the test decodes every hidden token)."""
+        if self.decode_fraction >= 1.0 or not isinstance(self.net, FactorisedMMMAE):
+            return None
+        grids, _ = self.net.included(batch["present"])
+        if not grids:
+            return None
+        start = batch["start"]
+        noise = KeyedNoise(self.hparams.seed, torch.full_like(start, _DECODE_STREAM),
+                           torch.full_like(start, stream), batch["catchment"], start)
+        return decode_subset(noise, {g: batch["grid_mask"][g] for g in grids}, self.decode_fraction)
 
     def _hide_whole_series(self, batch: MaskedHydroBatch, batch_idx: int) -> MaskedHydroBatch:
         """With probability `hide_series`, one present series is hidden on every day of the
@@ -101,13 +151,44 @@ class MMMAEModule(MaeModule):
 
     def validation_step(self, batch: HydroBatch, batch_idx: int) -> None:
         masked = self.masked(batch, -1)  # fixed per-window masks: comparable across epochs
-        self._step(masked, "val")
-        self._log_interpolation_loss(masked)
+        decode = self._decode_subset(masked, -1)
+        self._step(masked, "val", decode)
+        self._log_baseline_losses(masked, decode)
+        target = self.hparams.evaluation.get("cross_modal")
+        if target is not None and bool(masked["present"][target].any()):
+            self._log_cross_modal_loss(masked, target)
 
-    def _log_interpolation_loss(self, batch: MaskedHydroBatch) -> None:
-        """`val/loss_<series>_interpolation`: the loss of linear interpolation across hidden days
-        (normalised units, as `val/loss_<series>`), the bar the series reconstruction must beat.
-        Windows where a series has no visible valid day are left out."""
+    def _log_cross_modal_loss(self, batch: MaskedHydroBatch, target: str) -> None:
+        """`val/loss_<target>_all_hidden`: the loss of the cross-modal reconstruction (the series
+        hidden on every day), beside `..._climatology`, the daily climatology's (its bar)."""
+        x, valid = batch["series"][target], batch["series_valid"][target]
+        b = x.shape[0]
+        preds = {"": self._all_hidden(batch, target)}  # (B, T)
+        if self._climatology is not None:
+            clim = self._climatology[target].to(x.device)  # (366, C) physical
+            doy = doy_index(batch["time"])
+            preds["_climatology"] = normalise(clim[doy, batch["catchment"][:, None]],
+                                              self.info.stats[target])
+        for suffix, pred in preds.items():
+            mse = selected_mse(pred, x, valid)
+            if mse is not None:
+                self.log(f"val/loss_{target}_all_hidden{suffix}", mse, on_step=False,
+                         on_epoch=True, batch_size=b)
+
+    def _all_hidden(self, batch: MaskedHydroBatch, target: str) -> torch.Tensor:
+        """(B, T) reconstruction of the series `target` hidden on every day, the other
+        modalities keeping their masks (the cross-modal test); grids are not decoded."""
+        masks = {**batch["series_mask"], target: torch.ones_like(batch["series_mask"][target])}
+        no_grids = ({g: torch.zeros_like(m) for g, m in batch["grid_mask"].items()}
+                    if isinstance(self.net, FactorisedMMMAE) else None)
+        return self({**batch, "series_mask": masks}, no_grids)["series"][target]
+
+    def _log_baseline_losses(self, batch: MaskedHydroBatch,
+                             decode: dict[str, torch.Tensor] | None = None) -> None:
+        """The bars the reconstruction must beat, in the units of `val/loss_<modality>`:
+        `val/loss_<series>_interpolation` (linear interpolation across hidden days; windows with
+        no visible valid day left out) and `val/loss_<grid>_neighbour_mean` (mean of the nearest
+        visible patches on the same day; on the decoded hidden tokens, as the model's loss)."""
         b = batch["static"].shape[0]
         for s in self.net.series_names:
             if not bool(batch["present"][s].any()):
@@ -118,24 +199,46 @@ class MMMAEModule(MaeModule):
             if mse is not None:
                 self.log(f"val/loss_{s}_interpolation", mse, on_step=False, on_epoch=True,
                          batch_size=b)
+        info = self.info
+        for g in self.net.grid_names:
+            if not bool(batch["present"][g].any()):
+                continue
+            x, valid, hidden = batch["grids"][g], batch["grid_valid"][g], batch["grid_mask"][g]
+            every = torch.arange(hidden.shape[-1], device=hidden.device).expand_as(hidden)
+            near = grid_priors(["neighbour_mean"], x, valid, hidden, every, info.valid_patch_rows,
+                               info.valid_patch_cols)[..., 0, :]  # (B, T, P, p²)
+            scored = hidden if decode is None else decode[g]
+            mse = selected_mse(near, x, scored[..., None] & valid)
+            if mse is not None:
+                self.log(f"val/loss_{g}_neighbour_mean", mse, on_step=False, on_epoch=True,
+                         batch_size=b)
 
     # ---- test: reconstructions, baselines, metrics ----------------------------------------------
     def on_test_epoch_start(self) -> None:
         dm = self.trainer.datamodule
+        self.use_data(dm)  # the climatology, when setup did not run
         ev = self.hparams.evaluation
-        clim = climatologies(dm.store, dm.splits["train"], int(ev["climatology_window"]))
         self._evaluation = TestEvaluation(self.info, ev, bool(self.hparams.loss.get("norm_pix_loss")),
-                                          clim, seed=self.hparams.seed,
+                                          self._climatology, seed=self.hparams.seed,
                                           catchment_ids=getattr(dm, "catchment_ids", None),
                                           catchment_names=getattr(dm, "catchment_names", None))
 
     def test_step(self, batch: HydroBatch, batch_idx: int) -> None:
-        self._evaluation.add_batch(self.masked(batch, -1), self)
+        self._evaluation.add_batch(self.masked(batch, -1), self._predict)
+
+    def _predict(self, batch: MaskedHydroBatch) -> dict[str, dict[str, torch.Tensor]]:
+        """Reconstructions of every hidden token, grids on all valid patches (B, T, P, p²)."""
+        return expand_grids(self(batch), self.info.n_valid_patches)
 
     def on_test_epoch_end(self) -> None:
         ev, lw = self.hparams.evaluation, self.hparams.loss
         norm_pix = bool(lw.get("norm_pix_loss"))
-        settings = {"temporal_patch": self.net.k, "masking": dict(self.hparams.masking),
+        net = self.hparams.net
+        settings = {"attention": net.get("attention", "factorised"),
+                    "temporal_patch": getattr(self.net, "k", 1),
+                    "grid_priors": list(net.get("grid_priors", [])),
+                    "series_priors": list(net.get("series_priors", [])),
+                    "masking": dict(self.hparams.masking),
                     "norm_pix_loss": norm_pix,
                     "grid_reconstruction": ("de-normalised with the hidden patches' own mean/std "
                                             "(oracle, norm_pix_loss)") if norm_pix else "direct",
