@@ -26,7 +26,7 @@ needs_smd = pytest.mark.skipif(not SMD.is_dir(), reason="SMD data not in ../shar
 HYDRO = ["experiment=hydro", "data.synthetic.end=2000-04-30", "data.seq_len=15",
          "data.splits.train.end=2000-02-29", "data.splits.val.start=2000-03-01",
          "data.splits.val.end=2000-03-31", "data.splits.test.start=2000-04-01",
-         "data.splits.test.end=2000-04-30", "model.net.temporal_patch=5"]
+         "data.splits.test.end=2000-04-30"]
 
 # (overrides, what the message must name)
 TRAIN_CASES = [
@@ -78,7 +78,8 @@ TRAIN_CASES = [
     (["data.seq_length=0"], "data.seq_length"),
     (["ckpt_path=last"], "ckpt_path"),
     ([*HYDRO, "data.patch_size=7"], "data.patch_size"),
-    ([*HYDRO, "model.net.temporal_patch=7"], "model.net.temporal_patch"),
+    ([*HYDRO, "model.net.temporal_patch=7"], "model.net.temporal_patch"),  # factorised: 1
+    ([*HYDRO, "+hydro_variant=joint_k15", "model.net.temporal_patch=7"], "model.net.temporal_patch"),
     ([*HYDRO, "masking_ratio=0.999"], "masking_ratio"),
     ([*HYDRO, "model.net.heads=3"], "model.net.heads"),
     ([*HYDRO, "optimized_metric=val/auroc"], "optimized_metric"),

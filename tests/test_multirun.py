@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,9 @@ def test_multirun_with_a_failing_job_still_reports(tmp_path):
     assert failed["status"] == "FAILED" and failed["error_type"] == "ConfigError"
     md = (tmp_path / "ablation.md").read_text()
     rows = table_rows(md)
-    assert len(rows) == 2 and "| 0.6 | discrepancy | 1 | 0 |" in rows[0] and "| 1.5 |  | 0 | 1 |" in rows[1]
+    assert len(rows) == 2 and "| 1.5 |  | 0 | 1 |" in rows[1]
+    # score=auto: the primary score is the one with the best validation AUROC
+    assert re.search(r"\| 0\.6 \| (discrepancy|reconstruction|combined) \| 1 \| 0 \|", rows[0])
     assert "### Jobs that did not complete (1)" in md
     assert "| 1 | masking_ratio=1.5 | FAILED | ConfigError: invalid config `masking_ratio=1.5`" in md
     jobs = pd.read_csv(tmp_path / "ablation.csv")
