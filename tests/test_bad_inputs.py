@@ -256,6 +256,7 @@ def test_evaluate_command_refuses_a_text_file(tmp_path):
     assert f"{text} is not a maelab checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # 30 s or more: `make test-slow` (and CI) runs it
 def test_crafted_checkpoint_cannot_write_files(run, tmp_path):
     """A checkpoint whose own saved config builds `builtins.open(<file>, 'w')`: evaluate.py
     never builds anything from it, alone or beside a config file naming the same target."""

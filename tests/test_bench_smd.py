@@ -73,6 +73,7 @@ def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFra
 
 
 @needs_smd
+@pytest.mark.slow  # 30 s or more: `make test-slow` (and CI) runs it
 def test_benchmark_one_machine_fast(fast_run: tuple[Path, pd.DataFrame, str]) -> None:
     out, table, printed = fast_run
     csv = pd.read_csv(out / "smd_benchmark.csv")
@@ -96,6 +97,7 @@ def test_benchmark_one_machine_fast(fast_run: tuple[Path, pd.DataFrame, str]) ->
 
 
 @needs_smd
+@pytest.mark.slow  # 30 s or more: `make test-slow` (and CI) runs it
 def test_evaluate_on_a_benchmark_checkpoint(fast_run: tuple[Path, pd.DataFrame, str]) -> None:
     out, table, _ = fast_run
     ckpt = out / "machine-1-2" / "checkpoints" / "best.ckpt"

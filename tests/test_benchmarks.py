@@ -31,6 +31,7 @@ def quick(tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # 30 s or more: `make test-slow` (and CI) runs it
 def test_quick_suite_writes_every_benchmark(quick):
     assert set(quick) >= {"machine", "settings", "benchmarks", "targets", "seconds", "started"}
     assert quick["settings"]["quick"] is True
@@ -58,6 +59,7 @@ def test_quick_suite_writes_every_benchmark(quick):
         assert target["met"] is judged[target["benchmark"]], target
 
 
+@pytest.mark.slow  # 30 s or more: `make test-slow` (and CI) runs it
 def test_quick_suite_figures(quick):
     b = quick["benchmarks"]
     patch = b["sdmae_throughput"]["patch"]

@@ -44,6 +44,7 @@ def table_rows(markdown: str) -> list[str]:
     return rows[2:]
 
 
+@pytest.mark.slow  # 30 s or more: `make test-slow` (and CI) runs it
 def test_multirun_writes_job_folders_and_report(tmp_path):
     proc = multirun(tmp_path, "masking=patch,token")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -61,6 +62,7 @@ def test_multirun_writes_job_folders_and_report(tmp_path):
     assert rows[0] in proc.stdout  # printed at the end of the multirun
 
 
+@pytest.mark.slow  # 30 s or more: `make test-slow` (and CI) runs it
 def test_multirun_with_a_failing_job_still_reports(tmp_path):
     proc = multirun(tmp_path, "masking_ratio=0.6,1.5")
     assert proc.returncode != 0  # Hydra re-raises the failed job's error after all jobs ran

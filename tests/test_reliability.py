@@ -217,6 +217,7 @@ def test_resume_keeps_the_csv_history(tiny_train_cfg, tmp_path):
                 assert float(b[k]) == pytest.approx(float(v), rel=1e-5, abs=1e-7), (a["step"], k)
 
 
+@pytest.mark.slow  # 30 s or more: `make test-slow` (and CI) runs it
 def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
     """Two real processes on one run directory: the second stops at once and changes nothing;
     the first finishes; a new run on the finished directory is refused too."""
