@@ -137,7 +137,8 @@ def _quiet_lightning_logging() -> None:
 
 
 def _strategy(cfg: DictConfig) -> str:
-    """The trainer's strategy; `ddp` becomes `ddp_spawn` inside a Hydra multirun.
+    """The trainer's strategy; `ddp` becomes `ddp_spawn` inside a Hydra multirun, and looks for
+    unused parameters where the model says a step may leave some out (`unused_parameters`).
 
     Lightning's `ddp` launcher re-runs the command line for each extra rank; under `-m` that
     command starts a second sweep. Spawned ranks run inside this job instead. Ranks started by
@@ -148,7 +149,9 @@ def _strategy(cfg: DictConfig) -> str:
     if strategy == "ddp" and not external_ranks and HydraConfig.initialized() and \
             HydraConfig.get().mode == RunMode.MULTIRUN:
         log.info("multirun: trainer.strategy=ddp -> ddp_spawn (one sweep, not one per rank)")
-        return "ddp_spawn"
+        strategy = "ddp_spawn"
+    if strategy in ("ddp", "ddp_spawn") and load_model_config(cfg).unused_parameters:
+        strategy = f"{strategy}_find_unused_parameters_true"  # the model may skip parameters
     return strategy
 
 

@@ -71,6 +71,12 @@ class ModelConfig:
     def check_run(self, cfg: DictConfig) -> None:
         """Checks against the rest of the run config `cfg` (data sizes …); full keys in errors."""
 
+    @property
+    def unused_parameters(self) -> bool:
+        """True when a training step may leave some parameters without a gradient (a modality
+        hidden or absent in a batch): DDP must then look for them (`find_unused_parameters`)."""
+        return False
+
     def monitored_metrics(self, cfg: DictConfig, info: Any = None) -> list[str]:
         """The per-epoch metrics the module logs, which `optimized_metric` may name (`info`: the
         data's DataInfo once built, for metrics that need, e.g., validation labels). Empty: not

@@ -155,6 +155,10 @@ class SweepReportCallback(Callback):
         if not self.enabled:
             return
         self._sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        # imported now: at exit (a failed job's error) pandas' import could no longer register
+        # its own atexit hook ("can't register atexit after shutdown") and the report would fail
+        import maelab.report.sweep  # noqa: F401
+
         atexit.register(self._report)  # the multirun may end by raising a failed job's error
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

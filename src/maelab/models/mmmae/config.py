@@ -149,6 +149,12 @@ class MMMAEConfig(ModelConfig):
     def __post_init__(self) -> None:
         in_range("hide_series", self.hide_series, 0.0, 1.0)
 
+    @property
+    def unused_parameters(self) -> bool:
+        """A step may leave parameters unused: a series hidden or absent in the whole batch, the
+        grids' priors when no grid token is decoded."""
+        return True
+
     def check_run(self, cfg: DictConfig) -> None:
         """Grid tokens vs window length; hidden patches and days vs the data's patch layout."""
         from maelab.data.hydro.layout import PatchLayout, check_patch_size, load_land_mask
