@@ -19,7 +19,6 @@ from maelab.masking.count import hidden_count
 STRATEGIES = ("unified", "independent")
 SERIES_MODES = ("shared", "independent")
 SERIES_MASKS = ("random_days", "all", "contiguous", "visible")  # masking.series_modes values
-SERIES_SKIPS = ("interpolation", "none")
 ATTENTIONS = ("factorised", "joint")
 # the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
 GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
