@@ -128,3 +128,17 @@ def test_validation_logs_the_baseline_bars() -> None:
     for g in GRIDS:
         assert logged[f"val/loss_{g}_neighbour_mean"] == pytest.approx(logged[f"val/loss_{g}"])
         assert logged[f"val/loss_{g}_neighbour_mean"] > 0
+
+
+def test_series_only_passes_decode_no_grid_and_match_the_full_pass() -> None:
+    """The test's cross-modal and infilling passes read only series: they decode no grid token,
+    and the series they predict are those of the pass that decodes every grid token."""
+    module, batch = make_module(), make_batch()
+    batch["location"] = torch.zeros(3, 2)
+    module.eval()
+    with torch.no_grad():
+        full, series_only = module._predict(batch), module._predict_series(batch)
+    for s in SERIES:
+        assert torch.allclose(full["series"][s], series_only["series"][s], atol=1e-6)
+    assert all(series_only["grid_hidden"][g].sum() == 0 for g in GRIDS)
+    assert all(full["grid_hidden"][g].sum() > 0 for g in GRIDS)

@@ -110,14 +110,18 @@ class TestEvaluation:
         return denormalise(x, self.info.stats[name])
 
     def add_batch(self, batch: MaskedHydroBatch,
-                  model: Callable[[MaskedHydroBatch], Mapping[str, Any]]) -> None:
+                  model: Callable[[MaskedHydroBatch], Mapping[str, Any]],
+                  series_model: Callable[[MaskedHydroBatch], Mapping[str, Any]] | None = None,
+                  ) -> None:
         """Run `model` on the batch (its test masks) and on every test of the `cross_modal`
-        series that applies, and collect the results."""
+        series that applies, and collect the results. Those tests read only the series, so they
+        run `series_model` (the same network, grids not decoded) when given, else `model`."""
         out = model(batch)
         target = self.evaluation.get("cross_modal")
         if target not in out["series"]:
             self.add(batch, out)
             return
+        model = series_model or model
         masks = {**batch["series_mask"], target: torch.ones_like(batch["series_mask"][target])}
         self.add(batch, out, model({**batch, "series_mask": masks})["series"][target])
         if self.evaluation.get("infilling", True):

@@ -179,9 +179,14 @@ class MMMAEModule(MaeModule):
         """(B, T) reconstruction of the series `target` hidden on every day, the other
         modalities keeping their masks (the cross-modal test); grids are not decoded."""
         masks = {**batch["series_mask"], target: torch.ones_like(batch["series_mask"][target])}
+        return self._predict_series({**batch, "series_mask": masks})["series"][target]
+
+    def _predict_series(self, batch: MaskedHydroBatch) -> dict[str, Any]:
+        """The forward pass with no grid token decoded (the factorised network; the joint one
+        decodes them all): for tests that read only series reconstructions."""
         no_grids = ({g: torch.zeros_like(m) for g, m in batch["grid_mask"].items()}
                     if isinstance(self.net, FactorisedMMMAE) else None)
-        return self({**batch, "series_mask": masks}, no_grids)["series"][target]
+        return self(batch, no_grids)
 
     def _log_baseline_losses(self, batch: MaskedHydroBatch,
                              decode: dict[str, torch.Tensor] | None = None) -> None:
@@ -224,7 +229,7 @@ class MMMAEModule(MaeModule):
                                           catchment_names=getattr(dm, "catchment_names", None))
 
     def test_step(self, batch: HydroBatch, batch_idx: int) -> None:
-        self._evaluation.add_batch(self.masked(batch, -1), self._predict)
+        self._evaluation.add_batch(self.masked(batch, -1), self._predict, self._predict_series)
 
     def _predict(self, batch: MaskedHydroBatch) -> dict[str, dict[str, torch.Tensor]]:
         """Reconstructions of every hidden token, grids on all valid patches (B, T, P, p²)."""
