@@ -69,6 +69,7 @@ TRAIN_CASES = [
     (["optimized_metric_mode=maximum"], "optimized_metric_mode"),
     (["trainer.max_epochs=0"], "trainer.max_epochs"),
     (["trainer.max_epochs=abc"], "trainer.max_epochs"),
+    ([*HYDRO, "trainer.check_val_every_n_epoch=2"], "trainer.check_val_every_n_epoch"),  # 1 epoch
     (["+trainer.precision=bogus"], "trainer"),
     (["trainer.accelerator=tpu"], "trainer"),
     (["+callbacks.bogus._target_=lightning.pytorch.callbacks.NoSuchCallback"], "callbacks.bogus"),

@@ -247,3 +247,24 @@ def test_a_second_run_on_a_directory_in_use_is_refused(tmp_path):
     assert "it/s" not in printed and "Epoch " not in printed
     assert re.search(r"thresholds discrepancy \S+ \(f1\), reconstruction \S+ \(f1\), "
                      r"combined \S+ \(f1\)", printed), printed[-2000:]
+
+
+def _batches_in_a_loky_worker(num_workers: int) -> list[list[int]]:
+    """What a DataLoader with worker processes yields inside a joblib/loky process, where
+    `hydra/launcher=joblib` runs each job."""
+    from torch.utils.data import TensorDataset
+
+    from maelab.data.samplers import sharded_loader
+
+    data = TensorDataset(torch.arange(6))
+    loader = sharded_loader(data, 2, shuffle=False, num_workers=num_workers)
+    return [batch[0].tolist() for batch in loader]
+
+
+def test_loader_workers_start_inside_joblib_launcher_jobs():
+    """Loky's default start method cannot start plain multiprocessing workers (it failed every
+    job of `train.py -m ... hydra/launcher=joblib` whose data used loader workers)."""
+    from joblib import Parallel, delayed
+
+    (batches,) = Parallel(n_jobs=2, backend="loky")([delayed(_batches_in_a_loky_worker)(1)])
+    assert batches == [[0, 1], [2, 3], [4, 5]]

@@ -237,6 +237,11 @@ def validate_config(cfg: DictConfig) -> ModelConfig:
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ConfigError("seed", cfg.seed, "an integer")
     positive_int("trainer.max_epochs", cfg.trainer.max_epochs)
+    every = cfg.trainer.get("check_val_every_n_epoch")
+    if isinstance(every, int) and not isinstance(every, bool) and every > cfg.trainer.max_epochs:
+        raise ConfigError("trainer.check_val_every_n_epoch", every,
+                          f"at most trainer.max_epochs={cfg.trainer.max_epochs} (else no "
+                          "validation runs and no checkpoint can be chosen)")
     config = load_model_config(cfg)
     check_optimized_metric(cfg, config)
     return config

@@ -10,6 +10,8 @@ drops the copies when it gathers results.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -59,6 +61,15 @@ class ShardSampler(Sampler[int]):
         return math.ceil(self.n / _rank_and_world()[1])
 
 
+def worker_start_method(num_workers: int) -> str | None:
+    """The start method for DataLoader workers: the interpreter's default (None), except inside a
+    joblib/loky process (`hydra/launcher=joblib`), whose default `loky` method cannot start
+    plain multiprocessing workers; there the platform's own default (fork on Linux, else spawn)."""
+    if num_workers == 0 or multiprocessing.get_start_method(allow_none=True) != "loky":
+        return None
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
 def sharded_loader(
     data: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0, **kwargs
 ) -> DataLoader:
@@ -66,5 +77,6 @@ def sharded_loader(
     Workers persist across epochs unless `persistent_workers=False` is passed."""
     sampler = EpochSeededSampler(len(data), seed) if shuffle else ShardSampler(len(data))
     kwargs["persistent_workers"] = kwargs.get("persistent_workers", True) and num_workers > 0
+    kwargs.setdefault("multiprocessing_context", worker_start_method(num_workers))
     return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       **kwargs)

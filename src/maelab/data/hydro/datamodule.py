@@ -51,7 +51,7 @@ from maelab.data.hydro.layout import PatchLayout, check_patch_size, lat_lon_to_p
 from maelab.data.hydro.sources import HydroSource
 from maelab.data.hydro.sources.base import check_splits_in_range
 from maelab.data.hydro.store import PreparedStore, prepare_cached
-from maelab.data.samplers import sharded_loader
+from maelab.data.samplers import sharded_loader, worker_start_method
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +412,8 @@ class HydroDataModule(L.LightningDataModule):
         ranks, so each rank computes the one-process result (and rank 0 writes it)."""
         self.setup()
         kwargs = {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                  "persistent_workers": self.persistent_workers, "collate_fn": self.collate()}
+                  "persistent_workers": self.persistent_workers, "collate_fn": self.collate(),
+                  "multiprocessing_context": worker_start_method(self.num_workers)}
         if split == "train":
             return sharded_loader(self.datasets[split], self.batch_size, True,
                                   seed=self.shuffle_seed, **kwargs)
