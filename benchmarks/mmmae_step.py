@@ -42,6 +42,7 @@ NETWORKS = {  # row: overrides of the composed config
     "joint, k = 15": ["experiment=hydro_joint"],
     "joint, k = 1 (full attention)": ["experiment=hydro_joint", "model.net.temporal_patch=1"],
 }
+FULL_ATTENTION = "joint, k = 1 (full attention)"
 
 
 def _info(layout: PatchLayout, batch_size: int, seq_len: int) -> dict[str, Any]:
@@ -93,9 +94,9 @@ def build(overrides: list[str], layout: PatchLayout, batch: dict[str, Any], seed
 
 def run(batch_size: int = 1, repeats: int = 3, warmup: int = 1, full_repeats: int = 1,
         seq_len: int = 90, overrides: Sequence[str] = (), seed: int = 0,
-        device: str | None = None) -> dict[str, Any]:
-    """Median step seconds of the three networks, measured interleaved (module docstring);
-    `overrides` apply to all three (smoke runs: smaller networks)."""
+        device: str | None = None, networks: Sequence[str] | None = None) -> dict[str, Any]:
+    """Median step seconds of the networks (default all three of NETWORKS), measured
+    interleaved (module docstring); `overrides` apply to all (smoke runs: smaller networks)."""
     dev = device_of(device)
     layout = PatchLayout.build(default_land_mask(), 10, 0.5)
     batch = synthetic_batch(layout, batch_size, seq_len, 0.75, N_STATIC, seed, dev)
@@ -103,10 +104,10 @@ def run(batch_size: int = 1, repeats: int = 3, warmup: int = 1, full_repeats: in
     batch["catchment"] = torch.arange(batch_size, device=dev)
     batch["location"] = torch.full((batch_size, 2), 5.0, device=dev)
     steps, params = {}, {}
-    for name, net_overrides in NETWORKS.items():
-        net, steps[name] = build([*net_overrides, *overrides], layout, batch, seed, dev)
+    for name in networks or NETWORKS:
+        net, steps[name] = build([*NETWORKS[name], *overrides], layout, batch, seed, dev)
         params[name] = sum(p.numel() for p in net.parameters())
-    full = list(NETWORKS)[-1]
+    full = FULL_ATTENTION  # timed full_repeats times, with no warm-up round
     times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(warmup + repeats):
         order = list(steps) if r % 2 == 0 else list(steps)[::-1]
@@ -116,7 +117,7 @@ def run(batch_size: int = 1, repeats: int = 3, warmup: int = 1, full_repeats: in
             seconds = timed(steps[name], dev)
             if r >= warmup:
                 times[name].append(seconds)
-    base = median(times[list(NETWORKS)[0]])
+    base = median(times[next(iter(times))])
     rows = {name: {"step_s": median(v), "per_window_s": median(v) / batch_size,
                    "over_default": median(v) / base, "steps_timed": len(v),
                    "parameters": params[name]} for name, v in times.items()}
