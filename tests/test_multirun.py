@@ -128,3 +128,23 @@ def test_decoder_ablation_sweeps_list_values_with_a_score_per_decoder_set(tmp_pa
     assert [r.split(" | ")[1] for r in rows] == ["[teacher,student]", "[teacher]", "[student]"]
     assert [r.split(" | ")[2] for r in rows[1:]] == ["reconstruction", "reconstruction"]
     assert rows[0].split(" | ")[2] in ("discrepancy", "reconstruction", "combined")
+
+
+@pytest.mark.slow
+def test_mmmae_multirun_in_joblib_processes_writes_its_table(tmp_path):
+    """An MM-MAE sweep as the README gives it (joblib processes; loader workers inside them)
+    ends with the MM-MAE table, a row per variant, beside the generic report."""
+    from tests.test_mmmae_pipeline import SMALL
+
+    env = {**os.environ, "MPLCONFIGDIR": str(ROOT / ".cache" / "matplotlib"), "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "train.py", "-m", *SMALL, "data.num_workers=1",
+           f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+           "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "+hydro_variant=default,no_priors"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "sweep" / "mmmae_ablation.md").read_text()
+    assert md in proc.stdout
+    rows = table_rows(md)
+    assert [r.split(" | ")[0] for r in rows[:2]] == ["| hydro_variant=default", "| hydro_variant=no_priors"]
+    assert all(" | 1 | " in r for r in rows[:2])  # one seed each
+    assert any(r.startswith("| baseline: interpolation_log") for r in rows)

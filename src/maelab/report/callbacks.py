@@ -150,11 +150,13 @@ class SweepReportCallback(Callback):
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self._sweep_dir: Path | None = None
+        self._mmmae = False  # MM-MAE jobs: their table (maelab.models.mmmae.ablation) as well
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
             return
         self._sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self._mmmae = str(config.get("model", {}).get("_target_", "")).startswith("maelab.models.mmmae.")
         # imported now: at exit (a failed job's error) pandas' import could no longer register
         # its own atexit hook ("can't register atexit after shutdown") and the report would fail
         import maelab.report.sweep  # noqa: F401
@@ -179,3 +181,13 @@ class SweepReportCallback(Callback):
             return
         print(report.markdown, flush=True)
         print(f"report: {report.markdown_path} {report.csv_path} {report.plot_path}", flush=True)
+        if self._mmmae:  # the generic table scores anomalies; MM-MAE's scores reconstructions
+            from maelab.models.mmmae.ablation import write
+
+            try:
+                print(write(sweep_dir), flush=True)
+            except (Exception, SystemExit):
+                log.exception("could not write the MM-MAE table of %s", sweep_dir)
+                return
+            print(f"report: {sweep_dir / 'mmmae_ablation.md'} {sweep_dir / 'mmmae_ablation.csv'}",
+                  flush=True)
