@@ -37,12 +37,12 @@ from maelab.models.mmmae.masking import decode_subset
 from maelab.models.mmmae.module import MMMAEModule
 
 N_STATIC = 8
+FULL_ATTENTION = "joint, k = 1 (full attention)"  # timed full_repeats times, no warm-up round
 NETWORKS = {  # row: overrides of the composed config
     "factorised (default)": ["experiment=hydro"],
     "joint, k = 15": ["experiment=hydro_joint"],
-    "joint, k = 1 (full attention)": ["experiment=hydro_joint", "model.net.temporal_patch=1"],
+    FULL_ATTENTION: ["experiment=hydro_joint", "model.net.temporal_patch=1"],
 }
-FULL_ATTENTION = "joint, k = 1 (full attention)"
 
 
 def _info(layout: PatchLayout, batch_size: int, seq_len: int) -> dict[str, Any]:
@@ -107,12 +107,11 @@ def run(batch_size: int = 1, repeats: int = 3, warmup: int = 1, full_repeats: in
     for name in networks or NETWORKS:
         net, steps[name] = build([*NETWORKS[name], *overrides], layout, batch, seed, dev)
         params[name] = sum(p.numel() for p in net.parameters())
-    full = FULL_ATTENTION  # timed full_repeats times, with no warm-up round
     times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(warmup + repeats):
         order = list(steps) if r % 2 == 0 else list(steps)[::-1]
         for name in order:
-            if name == full and (r < warmup or len(times[name]) >= full_repeats):
+            if name == FULL_ATTENTION and (r < warmup or len(times[name]) >= full_repeats):
                 continue
             seconds = timed(steps[name], dev)
             if r >= warmup:
