@@ -45,6 +45,11 @@ TRAIN_CASES = [
     (["mask_last_n=100"], "mask_last_n"),
     (["score=bogus"], "score"),
     (["model.net.decoders=[teacher]", "score=discrepancy"], "score"),
+    (["scoring.inference=last_n_by_feature"], "scoring.inference"),  # patch masking: no cells
+    (["masking=patch_feature", "masking.feature_share=1.5"], "masking.feature_share"),
+    (["masking=patch_feature", "patch_size=7"], "patch_size"),
+    (["model.loss.recon_mask=bogus"], "model.loss.recon_mask"),
+    ([*HYDRO, "model.loss.nse_star=[rainfall]"], "model.loss.nse_star"),
     (["threshold.method=median"], "threshold.method"),
     (["threshold.percentile=100"], "threshold.percentile"),
     (["seed=abc"], "seed"),

@@ -106,3 +106,24 @@ def test_haduk_grid_with_camels_v2_series(tmp_path: Path) -> None:
     r = [np.corrcoef(rain[:, k[i], pix[i]], store.series["catchment_precipitation"][i])[0, 1]
          for i in np.flatnonzero(on_land) if np.isfinite(rain[:, k[i], pix[i]]).all()]
     assert np.median(r) > 0.8
+
+
+def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None:
+    """`experiment=hydro_camels` (NSE* on riverflow) on the real series, with their missing days:
+    every catchment's training spread is finite and the run trains and tests."""
+    from maelab.pipeline import build_datamodule, build_module, train
+    from tests.conftest import compose_cfg
+
+    if not CAMELS.is_dir():
+        pytest.skip(f"{CAMELS} not available")
+    cfg = compose_cfg("train", ["experiment=hydro_camels", "debug=fast",
+                                "callbacks.progress_bar=null", f"data.cache_dir={tmp_path / 'cache'}"],
+                      tmp_path / "run")
+    assert list(cfg.model.loss.nse_star) == ["riverflow"]
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    module.use_data(dm)
+    std = module._series_std["riverflow"].numpy()
+    assert std.shape == (60,) and np.isfinite(std).all() and (std > 0).all()
+    metrics, _ = train(cfg)
+    assert np.isfinite(metrics["test"]["riverflow / mmmae"]["nse_median"])

@@ -7,7 +7,9 @@ from maelab.models.sdmae.config import STRATEGIES
 from maelab.models.sdmae.masking import (
     cell_mask,
     feature_wise_mask,
+    last_steps_by_feature_masks,
     last_steps_mask,
+    patch_feature_mask,
     patch_mask,
     random_mask,
     temporal_mask,
@@ -99,3 +101,28 @@ def test_a_sample_gets_the_same_mask_in_any_batch():
         full = random_mask(KeyedNoise(0, keys), s, 100, 5, 0.6, 10)
         part = random_mask(KeyedNoise(0, keys[[3, 1]]), s, 100, 5, 0.6, 10)
         assert torch.equal(full[[3, 1]], part)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_patch_feature_hides_whole_patches_and_single_feature_blocks(share):
+    m = patch_feature_mask(noise(64, 1), 100, 5, 10, 0.6, share)  # (B, 10 patches, 5 features)
+    assert m.shape == (64, 10, 5)
+    whole = m.all(-1)
+    assert (whole.sum(1) == 6).all(), "round(0.6 × 10) whole patches per window"
+    partial = m.sum(-1)[~whole]  # the other patches hide at most one feature
+    assert set(partial.unique().tolist()) <= {0, 1}
+    share_seen = partial.float().mean().item()
+    assert {0.0: share_seen == 0, 1.0: share_seen == 1}.get(share, 0.35 < share_seen < 0.65)
+    cells = cell_mask(m, "patch_feature", 10, 5)  # (B, T, F): blocks of 10 steps of a feature
+    assert cells.shape == (64, 100, 5) and torch.equal(cells[:, ::10], m)
+
+
+@pytest.mark.parametrize("strategy", ["feature_wise", "patch_feature"])
+def test_last_steps_by_feature_hide_one_feature_of_the_last_steps_per_pass(strategy):
+    masks = last_steps_by_feature_masks(strategy, 2, 100, 5, 10, 10)  # (F, B, units…)
+    assert masks.shape[0] == 5
+    for f, mask in enumerate(masks):
+        cells = cell_mask(mask, strategy, 10, 5)  # (B, T, F)
+        expected = torch.zeros(2, 100, 5, dtype=torch.bool)
+        expected[:, -10:, f] = True
+        assert torch.equal(cells, expected)

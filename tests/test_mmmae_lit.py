@@ -113,10 +113,13 @@ def test_training_decodes_a_keyed_subset_of_the_hidden_grid_tokens() -> None:
     assert (val0[GRIDS[0]].sum(-1) == first[GRIDS[0]].sum(-1)).all()
 
 
-def test_validation_logs_the_baseline_bars() -> None:
+@pytest.mark.parametrize("nse_star", [[], ["riverflow"]])
+def test_validation_logs_the_baseline_bars(nse_star: list[str]) -> None:
     """`val/loss_<series>_interpolation` and `val/loss_<grid>_neighbour_mean` are the baselines'
-    losses: a fresh model (weights on its first prior, zero correction) scores exactly those."""
-    module, batch = make_module(), make_batch()
+    losses: a fresh model (weights on its first prior, zero correction) scores exactly those, in
+    the units of the series' loss (NSE* where `model.loss.nse_star` names it)."""
+    module, batch = make_module(loss={"weights": {}, "nse_star": nse_star}), make_batch()
+    module._series_std = {s: torch.linspace(0.5, 2.0, 4) for s in nse_star}  # use_data's, by hand
     batch["location"] = torch.zeros(3, 2)
     logged: dict[str, float] = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, value.item())  # type: ignore

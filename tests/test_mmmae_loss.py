@@ -94,3 +94,25 @@ def test_patch_stats_use_valid_cells_only() -> None:
     mean, std = patch_stats(x, x.isfinite())
     assert mean.item() == pytest.approx(3.0)
     assert std.item() == pytest.approx((8 / 3 + 1e-6) ** 0.5)
+
+
+def test_nse_star_scores_physical_values_over_each_catchments_variance() -> None:
+    """NSE*: (expm1 of the de-normalised prediction − that of the target)² / (σ_c + ε)², over the
+    hidden valid days of the series, replacing its normalised MSE; other modalities unchanged."""
+    out, batch = _setup()
+    stats = {"mean": 0.5, "std": 2.0, "log": True}
+    sigma = torch.tensor([1.0, 3.0, 0.0])[: batch["static"].shape[0]]  # (B,) per window
+    name = SERIES[-1]
+    plain = mmmae_loss(out, batch, {})
+    nse = mmmae_loss(out, batch, {}, nse_star_series={name: (stats, sigma)})
+    select = out["series_hidden"][name] & batch["series_valid"][name]
+    phys = lambda v: torch.expm1(v.double() * 2.0 + 0.5)  # noqa: E731
+    err = (phys(out["series"][name]) - phys(batch["series"][name])) ** 2
+    expected = (err / (sigma.double()[:, None] + 0.1) ** 2)[select].mean()
+    assert nse[name].item() == pytest.approx(expected.item(), rel=1e-4)
+    for other in (*GRIDS, *SERIES[:-1]):
+        assert torch.equal(nse[other], plain[other])
+    changed = {**batch, "series": {**batch["series"], name: batch["series"][name].clone()}}
+    changed["series"][name][~select] = 50.0  # visible or invalid days never count
+    again = mmmae_loss(out, changed, {}, nse_star_series={name: (stats, sigma)})
+    assert again[name].item() == pytest.approx(nse[name].item())

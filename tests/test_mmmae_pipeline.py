@@ -194,3 +194,18 @@ def test_encoder_benchmark_reports_both_encoders() -> None:
     assert r["all_tokens"]["tokens"] == 1 + 3 * 3 * 94 + 2 * 90
     assert r["visible_only"]["tokens"] < r["all_tokens"]["tokens"] / 3
     assert r["visible_only"]["step_s"] > 0 and r["speedup"] > 0
+
+
+def test_nse_star_loss_trains_on_each_catchments_training_spread(tmp_path: Path, cache: str) -> None:
+    """`model.loss.nse_star=[riverflow]`: the module reads each catchment's training-period
+    standard deviation of riverflow (physical units) from the store, and a run trains and tests."""
+    cfg = compose_cfg("train", [*SMALL, cache, "model.loss.nse_star=[riverflow]"], tmp_path / "n")
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    module.use_data(dm)
+    lo, hi = (dm.store.day_index(d) for d in dm.splits["train"])
+    flows = np.asarray(dm.store.series["riverflow"][:, lo:hi + 1], dtype=np.float64)
+    assert list(module._series_std) == ["riverflow"]
+    assert np.allclose(module._series_std["riverflow"].numpy(), np.nanstd(flows, axis=1))
+    metrics, _ = train(cfg)
+    assert math.isfinite(metrics["test"]["riverflow / mmmae"]["nse_median"])

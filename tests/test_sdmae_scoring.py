@@ -9,7 +9,7 @@ import torch
 
 from maelab.data.contracts import SeriesInfo
 from maelab.models.sdmae.config import SDMAEConfig
-from maelab.models.sdmae.masking import block_masks
+from maelab.models.sdmae.masking import block_masks, last_steps_by_feature_masks
 from maelab.models.sdmae.module import SDMAEModule
 from maelab.pipeline import evaluate, train
 from tests.conftest import compose_cfg
@@ -27,7 +27,7 @@ def module(strategy: str = "patch", **scoring) -> SDMAEModule:
     return SDMAEModule(**cfg, data_info=asdict(INFO)).eval()
 
 
-@pytest.mark.parametrize("strategy", ["patch", "token", "temporal", "feature_wise"])
+@pytest.mark.parametrize("strategy", ["patch", "token", "temporal", "feature_wise", "patch_feature"])
 @pytest.mark.parametrize("passes", [1, 2, 4])
 def test_block_masks_hide_every_step_once(strategy, passes):
     masks = block_masks(strategy, 2, 40, 3, 10, passes, patch_size=5)
@@ -51,6 +51,36 @@ def test_all_positions_equals_a_loop_over_the_passes(strategy):
         loop["discrepancy"] += torch.where(h, (out["teacher"] - out["student"]) ** 2, 0.0)
     for k in loop:
         assert torch.allclose(batched[k], loop[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("strategy", ["feature_wise", "patch_feature"])
+def test_last_n_by_feature_equals_a_loop_over_the_features(strategy):
+    torch.manual_seed(0)
+    m = module(strategy, inference="last_n_by_feature")
+    x = torch.randn(3, 40, 3)
+    batched, out = m.step_scores(x)
+    assert batched["reconstruction"].shape == (3, 10, 3)
+    assert bool(out["hidden"][:, -10:].all()) and not bool(out["hidden"][:, :-10].any())
+    for f, mask in enumerate(last_steps_by_feature_masks(strategy, 3, 40, 3, 10, 5)):
+        one = m.net(x, mask)
+        assert torch.equal(one["hidden"][:, -10:, f], torch.ones(3, 10, dtype=torch.bool))
+        teacher, student = one["teacher"][:, -10:, f], one["student"][:, -10:, f]
+        assert torch.allclose(batched["reconstruction"][..., f], (teacher - x[:, -10:, f]) ** 2,
+                              atol=1e-5)
+        assert torch.allclose(batched["discrepancy"][..., f], (teacher - student) ** 2, atol=1e-5)
+
+
+def test_patch_feature_hidden_cells_cannot_change_the_output():
+    torch.manual_seed(0)
+    net = module("patch_feature").net
+    x = torch.randn(2, 40, 3)
+    mask = last_steps_by_feature_masks("patch_feature", 2, 40, 3, 10, 5)[1]  # feature 1 hidden
+    changed = x.clone()
+    changed[:, -10:, 1] += 100.0
+    a, b = net(x, mask), net(changed, mask)
+    assert torch.equal(a["teacher"], b["teacher"]) and torch.equal(a["student"], b["student"])
+    changed[:, -10:, 0] += 1.0  # a visible cell of the same patch does change it
+    assert not torch.equal(a["teacher"], net(changed, mask)["teacher"])
 
 
 def test_last_n_scores_the_hidden_last_steps():
@@ -133,18 +163,19 @@ OPTIONS = [
     "model.loss.detach_teacher=false", "model.loss.push=visible", "model.loss.margin_mode=relative",
     "model.loss.recon_reduction=feature_sum", "eval.label_scope=window",
     "scoring.inference=all_positions", "scoring.reduce=max", "data.generator=design",
-    "data.normalise=none",
+    "data.normalise=none", "model.loss.recon_mask=training_and_inference",
+    "masking=patch_feature", "masking=patch_feature scoring.inference=last_n_by_feature",
 ]
 
 
 @pytest.mark.parametrize("option", OPTIONS)
 def test_each_option_trains_with_debug_fast(tiny_train_cfg, option):
-    cfg = tiny_train_cfg(option, name=option.replace("=", "_"))
+    cfg = tiny_train_cfg(*option.split(), name=option.replace("=", "_").replace(" ", "_"))
     metrics, _ = train(cfg)
     assert set(metrics["test"]) == {"discrepancy", "reconstruction", "combined"}
     assert metrics["primary"] == metrics["test"][metrics["score"]]
     on_disk = json.load(open(f"{cfg.paths.output_dir}/metrics.json"))
-    key, value = option.rsplit("=", 1)
+    key, value = option.split()[-1].rsplit("=", 1)
     if key.startswith(("eval.", "scoring.")):
         assert on_disk[key.split(".")[1]] == value
 

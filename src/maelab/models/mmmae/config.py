@@ -88,6 +88,8 @@ class LossConfig:
 
     weights: dict[str, float] = field(default_factory=dict)  # per modality; unlisted weigh 1
     norm_pix_loss: bool = False  # grid targets normalised per patch and day
+    nse_star: list[str] = field(default_factory=list)  # series scored by NSE* (physical units
+    #                                                    over each catchment's training variance)
 
     def __post_init__(self) -> None:
         for name, weight in self.weights.items():

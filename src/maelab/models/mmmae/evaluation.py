@@ -61,6 +61,21 @@ def climatologies(store: PreparedStore, train: tuple[np.datetime64, np.datetime6
     return {k: torch.from_numpy(v) for k, v in clim.items()}
 
 
+def catchment_std(store: PreparedStore, train: tuple[np.datetime64, np.datetime64],
+                  names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Standard deviation of each catchment's series `names` over the training period, physical
+    units: {series: (C,)} (0 where a catchment has fewer than two valid days)."""
+    lo, hi = (store.day_index(d) for d in train)
+    out = {}
+    for s in names:
+        a = np.asarray(store.series[s][:, lo:hi + 1], dtype=np.float64)  # (C, days)
+        enough = np.isfinite(a).sum(1) > 1
+        std = np.zeros(len(a))
+        std[enough] = np.nanstd(a[enough], axis=1)
+        out[s] = torch.from_numpy(std)
+    return out
+
+
 def test_name(key: str) -> str:
     """Row prefix of a collected series key: `riverflow`, `riverflow:all_hidden` → `riverflow
     (all days hidden)`, `…:alone` → `(alone, all days hidden)`, `…:gap7` → `(alone, 7-day gap)`."""

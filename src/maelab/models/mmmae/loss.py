@@ -1,4 +1,10 @@
-"""MM-MAE loss: per-modality MSE on hidden & valid positions, weighted mean over modalities."""
+"""MM-MAE loss: per-modality MSE on hidden & valid positions, weighted mean over modalities.
+
+A series may instead be scored by NSE* (Kratzert et al. 2019, HESS 23:5089): the squared error of
+physical values (de-normalised, expm1 after log1p) over (σ_c + ε)², σ_c its catchment's standard
+deviation in the training period. Its mean is 1 − NSE averaged over catchments, which the test's
+median NSE and KGE read in physical units, where the log-space MSE under-weighs peaks.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import Any
 import torch
 
 EPS = 1e-6
+NSE_STAR_EPS = 0.1  # ε of NSE*, in the series' physical units (Kratzert et al. 2019)
 
 
 def patch_stats(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,15 +38,40 @@ def selected_mse(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor)
     return torch.where(select, (pred.float() - target) ** 2, zero).sum() / n
 
 
+def physical(x: torch.Tensor, stats: Mapping[str, Any], clamp: float = 8.0) -> torch.Tensor:
+    """Normalised values → physical units, differentiably (float32; normalised values clamped to
+    ±`clamp` so that an early wild prediction cannot overflow expm1)."""
+    y = x.float().clamp(-clamp, clamp) * float(stats["std"]) + float(stats["mean"])
+    return torch.expm1(y) if stats["log"] else y
+
+
+def nse_star(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
+             stats: Mapping[str, Any], sigma: torch.Tensor) -> torch.Tensor | None:
+    """Mean over the `select`ed days of (pred − target)² / (σ + ε)² in physical units:
+    pred, target, select (B, T); sigma (B,) the window's catchment training std. None when
+    nothing is selected."""
+    n = int(select.sum())
+    if n == 0:
+        return None
+    zero = torch.zeros((), device=pred.device)
+    target = torch.where(select, target.float(), zero)
+    scale = (sigma.float()[:, None] + NSE_STAR_EPS) ** 2  # (B, 1)
+    err = (physical(pred, stats) - physical(target, stats)) ** 2 / scale
+    return torch.where(select, err, zero).sum() / n
+
+
 def mmmae_loss(
     out: Mapping[str, Any], batch: Mapping[str, Any], weights: Mapping[str, float],
     norm_pix_loss: bool = False,
+    nse_star_series: Mapping[str, tuple[Mapping[str, Any], torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """{"loss", <modality>: MSE} on hidden & valid positions (grids: land cells with finite
     values; series: finite days). `loss` = weighted mean of the modality losses present in the
     batch (weight 1 unless given); modalities without hidden valid positions are skipped.
     `norm_pix_loss`: grid targets normalised per patch and day over its valid cells (MAE).
     Grid predictions are (B, T, P, p²), or (B, T, h, p²) at the patches `out["grid_slots"]`.
+    `nse_star_series`: {series: (its normalisation stats, σ (B,) of each window's catchment)}:
+    those series are scored by NSE* instead of the normalised MSE.
     """
     parts: dict[str, torch.Tensor] = {}
     for g, pred in out["grids"].items():
@@ -58,7 +90,11 @@ def mmmae_loss(
         if mse is not None:
             parts[g] = mse
     for s, pred in out["series"].items():
-        mse = selected_mse(pred, batch["series"][s], out["series_hidden"][s] & batch["series_valid"][s])
+        select = out["series_hidden"][s] & batch["series_valid"][s]
+        if nse_star_series and s in nse_star_series:
+            mse = nse_star(pred, batch["series"][s], select, *nse_star_series[s])
+        else:
+            mse = selected_mse(pred, batch["series"][s], select)
         if mse is not None:
             parts[s] = mse
     w = {k: float(weights.get(k, 1.0)) for k in parts}

@@ -13,9 +13,9 @@ from maelab.data.contracts import HydroBatch, HydroInfo
 from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
 from maelab.models.mmmae.config import MaskingConfig
-from maelab.models.mmmae.evaluation import TestEvaluation, climatologies
+from maelab.models.mmmae.evaluation import TestEvaluation, catchment_std, climatologies
 from maelab.models.mmmae.factorised import FactorisedMMMAE, expand_grids
-from maelab.models.mmmae.loss import mmmae_loss, selected_mse
+from maelab.models.mmmae.loss import mmmae_loss, nse_star, selected_mse
 from maelab.models.mmmae.masking import MaskedHydroBatch, decode_subset, with_masks
 from maelab.models.mmmae.model import MMMAE
 from maelab.models.mmmae.priors import doy_index, grid_priors, normalise, normalised_climatology
@@ -49,6 +49,10 @@ class MMMAEModule(MaeModule):
             if key not in names:
                 raise ConfigError(f"model.loss.weights.{key}", loss["weights"][key],
                                   f"weights keyed by modality: {', '.join(names)}")
+        for key in loss.get("nse_star") or []:
+            if key not in self.info.series_names:
+                raise ConfigError("model.loss.nse_star", key,
+                                  f"a list of series: {', '.join(self.info.series_names)}")
         target = evaluation.get("cross_modal")
         if target is not None and target not in self.info.series_names:
             raise ConfigError("model.evaluation.cross_modal", target,
@@ -57,6 +61,7 @@ class MMMAEModule(MaeModule):
         self._evaluation: TestEvaluation | None = None
         self._results: dict[str, Any] = {}
         self._climatology: dict[str, torch.Tensor] | None = None  # physical units (baselines)
+        self._series_std: dict[str, torch.Tensor] = {}  # (C,) training std per catchment (NSE*)
 
     def _build_net(self, net: dict[str, Any]) -> FactorisedMMMAE | MMMAE:
         info = self.info
@@ -86,6 +91,8 @@ class MMMAEModule(MaeModule):
             return
         window = int(self.hparams.evaluation["climatology_window"])
         self._climatology = climatologies(datamodule.store, datamodule.splits["train"], window)
+        self._series_std = catchment_std(datamodule.store, datamodule.splits["train"],
+                                         self.hparams.loss.get("nse_star") or [])
         if isinstance(self.net, FactorisedMMMAE):
             self.net.set_climatology(normalised_climatology(self._climatology, self.info.stats))
 
@@ -107,7 +114,12 @@ class MMMAEModule(MaeModule):
               decode: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         out = self(batch, decode)
         lw = self.hparams.loss
-        parts = mmmae_loss(out, batch, lw.get("weights") or {}, bool(lw.get("norm_pix_loss")))
+        if len(self._series_std) != len(lw.get("nse_star") or []):
+            raise RuntimeError("model.loss.nse_star needs the training statistics: call "
+                               "use_data(datamodule) first (Lightning's setup does)")
+        nse = {s: (self.info.stats[s], std.to(batch["catchment"].device)[batch["catchment"]])
+               for s, std in self._series_std.items()}
+        parts = mmmae_loss(out, batch, lw.get("weights") or {}, bool(lw.get("norm_pix_loss")), nse)
         loss = parts["loss"]
         b = batch["static"].shape[0]
         self.log(f"{stage}/loss", parts.pop("loss"), on_step=stage == "train", on_epoch=True,
@@ -200,7 +212,12 @@ class MMMAEModule(MaeModule):
                 continue
             x, valid, hidden = batch["series"][s], batch["series_valid"][s], batch["series_mask"][s]
             base = interpolate_days(x, valid & ~hidden).float()  # (B, T), NaN if none visible
-            mse = selected_mse(base, x, hidden & valid & base.isfinite())
+            select = hidden & valid & base.isfinite()
+            if s in self._series_std:  # in the units of the series' loss: NSE*
+                std = self._series_std[s].to(x.device)[batch["catchment"]]
+                mse = nse_star(base.nan_to_num(), x, select, self.info.stats[s], std)
+            else:
+                mse = selected_mse(base, x, select)
             if mse is not None:
                 self.log(f"val/loss_{s}_interpolation", mse, on_step=False, on_epoch=True,
                          batch_size=b)

@@ -1,4 +1,4 @@
-"""SD-MAE config (`conf/model/sdmae.yaml`, `conf/masking/{patch,token,temporal,feature_wise}.yaml`).
+"""SD-MAE config (`conf/model/sdmae.yaml`, `conf/masking/<strategy>.yaml`).
 
 Checked by `maelab.core.config.validate_config` before any data is generated; imports neither
 torch nor Lightning.
@@ -16,7 +16,8 @@ from maelab.core.config import ModelConfig
 from maelab.core.errors import ConfigError
 from maelab.masking.count import hidden_count
 
-STRATEGIES = ("patch", "token", "temporal", "feature_wise")
+STRATEGIES = ("patch", "token", "temporal", "feature_wise", "patch_feature")
+CELL_STRATEGIES = ("feature_wise", "patch_feature")  # masks hide single (step, feature) cells
 DECODERS = ("teacher", "student")
 SCORE_TYPES = ("discrepancy", "reconstruction", "combined")
 SCORES = ("auto", *SCORE_TYPES)
@@ -28,11 +29,12 @@ NORMS = ("pre", "post")
 ACTIVATIONS = ("gelu", "relu")
 GAP_REGIONS = ("hidden", "window")
 GAP_MASKS = ("training", "inference")
+RECON_MASKS = ("training", "training_and_inference")
 PUSH_WINDOWS = ("labelled", "visible")
 MARGIN_MODES = ("absolute", "relative")
 RECON_REDUCTIONS = ("mean", "feature_sum")
 LABEL_SCOPES = ("scored", "window")
-INFERENCE_MODES = ("last_n", "all_positions")
+INFERENCE_MODES = ("last_n", "all_positions", "last_n_by_feature")
 REDUCTIONS = ("mean", "max")
 
 
@@ -89,6 +91,8 @@ class LossConfig:
     detach_teacher: bool = True  # the teacher receives no gradient through d
     push: str = "labelled"  # push every labelled anomaly | only those visible to the encoder
     recon_reduction: str = "mean"  # squared error: mean over cells | summed over features
+    recon_mask: str = "training"  # reconstruction loss under the training mask | also under the
+    #                               inference mask (last n hidden), the way windows are scored
 
     def __post_init__(self) -> None:
         at_least("lambda_disc", self.lambda_disc, 0.0)
@@ -100,6 +104,7 @@ class LossConfig:
         one_of("gap_mask", self.gap_mask, GAP_MASKS)
         one_of("push", self.push, PUSH_WINDOWS)
         one_of("recon_reduction", self.recon_reduction, RECON_REDUCTIONS)
+        one_of("recon_mask", self.recon_mask, RECON_MASKS)
 
 
 @dataclass
@@ -124,6 +129,7 @@ class ScoringConfig:
     point_adjust: bool = False  # also report point-adjusted F1 (point-level data)
     label_scope: str = "scored"  # a window is anomalous: anomaly in the scored region | anywhere
     inference: str = "last_n"  # hide the last n steps | every block of n steps once (all_positions)
+    #                            | the last n steps of one feature at a time (last_n_by_feature)
     passes: int = 3  # all_positions: block b is hidden in pass b mod passes
     reduce: str = "mean"  # a window's score: mean | max of the scored values (steps × features)
 
@@ -142,13 +148,15 @@ class MaskingConfig:
 
     strategy: str = "patch"
     ratio: float = 0.6  # share of units hidden
-    patch_size: int = 1  # steps per patch (`patch`)
+    patch_size: int = 1  # steps per patch (`patch`, `patch_feature`)
     num_spans: int = 3  # spans per window (`temporal`)
+    feature_share: float = 0.5  # `patch_feature`: chance that a visible patch hides one feature
 
     def __post_init__(self) -> None:
         one_of("strategy", self.strategy, STRATEGIES)
         positive_int("patch_size", self.patch_size)
         positive_int("num_spans", self.num_spans)
+        in_range("feature_share", self.feature_share, 0.0, 1.0)
 
 
 @dataclass
@@ -170,22 +178,30 @@ class SDMAEConfig(ModelConfig):
         """Window length vs patches, hidden units and the scored region."""
         seq_length = positive_int("data.seq_length", cfg.data.seq_length)
         m, n = self.masking, self.scoring.mask_last_n
-        if m.strategy == "patch" and (seq_length % m.patch_size or m.patch_size == seq_length):
+        patched = m.strategy in ("patch", "patch_feature")
+        if patched and (seq_length % m.patch_size or m.patch_size == seq_length):
             raise ConfigError("model.masking.patch_size", m.patch_size,
                               f"a divisor of data.seq_length={seq_length} leaving at least 2 "
                               f"patches: {divisors(seq_length)[:-1]}")
+        patches = f"patches (data.seq_length={seq_length} / patch_size={m.patch_size})"
         units = {"patch": seq_length // m.patch_size, "token": seq_length, "temporal": seq_length,
-                 "feature_wise": seq_length * int(cfg.data.get("num_features", 1))}[m.strategy]
-        what = {"patch": f"patches (data.seq_length={seq_length} / patch_size={m.patch_size})",
-                "token": "steps", "temporal": "steps", "feature_wise": "(step, feature) cells"}
+                 "feature_wise": seq_length * int(cfg.data.get("num_features", 1)),
+                 "patch_feature": seq_length // m.patch_size}[m.strategy]
+        what = {"patch": patches, "token": "steps", "temporal": "steps",
+                "feature_wise": "(step, feature) cells", "patch_feature": patches}
         hidden_count(m.ratio, units, key="model.masking.ratio", what=what[m.strategy])
         if n >= seq_length:
             raise ConfigError("model.scoring.mask_last_n", n, f"an integer in [1, {seq_length - 1}] "
                               f"(data.seq_length={seq_length})")
-        if m.strategy == "patch" and n % m.patch_size:
+        if patched and n % m.patch_size:
             raise ConfigError("model.scoring.mask_last_n", n,
-                              f"a multiple of patch_size={m.patch_size} in patch masking (the scored "
-                              "region must cover whole patches)")
+                              f"a multiple of patch_size={m.patch_size} in {m.strategy} masking "
+                              "(the scored region must cover whole patches)")
+        if self.scoring.inference == "last_n_by_feature" and m.strategy not in CELL_STRATEGIES:
+            raise ConfigError("scoring.inference", "last_n_by_feature",
+                              f"last_n or all_positions with masking={m.strategy} (hiding one "
+                              f"feature at a time needs cell masks: masking="
+                              f"{' or '.join(CELL_STRATEGIES)})")
         if self.scoring.inference == "all_positions":
             blocks = seq_length // n
             if seq_length % n:

@@ -13,6 +13,9 @@ The discrepancy d of a window is the mean squared teacher–student gap. Options
                     every d by the same amount changes nothing while anomalies are below the margin
                     (a flat direction along which the gaps drift); above 1 it costs
     recon_reduction mean over hidden cells | feature_sum: summed over features (the design's scale)
+    recon_mask      training: reconstruction of the training pass's hidden values |
+                    training_and_inference: plus that of the inference pass (last n steps hidden),
+                    the task windows are scored on
 """
 
 from __future__ import annotations
@@ -62,17 +65,23 @@ def anomaly_visible(point_labels: torch.Tensor, hidden: torch.Tensor) -> torch.T
 def sdmae_loss(
     out: Mapping[str, torch.Tensor], x: torch.Tensor, anomalous: torch.Tensor,
     loss: Mapping[str, Any], ramp: float, gap_out: Mapping[str, torch.Tensor] | None = None,
+    inference_out: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Total loss and its parts.
 
     out: the training pass (`SDMAE.forward`: decoder outputs (B, T, F), "hidden" (B, T, F));
-    gap_out: the pass d is taken from (default `out`); anomalous (B,): windows pushed;
-    loss: the `model.loss` settings. With both decoders: reconstruction + λ·(w·pull + ramp·push);
-    with one decoder (ablation) or `discrepancy: false`: reconstruction alone.
+    gap_out: the pass d is taken from (default `out`); inference_out: the pass under the inference
+    mask, reconstructed too with `recon_mask: training_and_inference`; anomalous (B,): windows
+    pushed; loss: the `model.loss` settings. With both decoders: reconstruction +
+    λ·(w·pull + ramp·push); with one decoder (ablation) or `discrepancy: false`: reconstruction
+    alone.
     """
-    hidden = out["hidden"]
     name = "teacher" if "teacher" in out else "student"
-    recon = per_window_hidden_mse(out[name], x, hidden).mean()
+    recon = per_window_hidden_mse(out[name], x, out["hidden"]).mean()
+    if loss["recon_mask"] == "training_and_inference":
+        if inference_out is None:
+            raise ValueError("recon_mask: training_and_inference needs the inference pass")
+        recon = recon + per_window_hidden_mse(inference_out[name], x, inference_out["hidden"]).mean()
     if loss["recon_reduction"] == "feature_sum":
         recon = recon * x.shape[-1]
     parts = {"recon": recon}

@@ -5,6 +5,10 @@ Units per strategy (each hides exactly round(ratio × units) per sample):
     token         (B, T)     single steps, scattered
     temporal      (B, T)     steps in a few contiguous spans, not aligned to any patch grid
     feature_wise  (B, T, F)  (step, feature) cells; each feature at its own random steps
+    patch_feature (B, T/p, F) blocks of p steps × one feature: whole patches hidden as in `patch`,
+                             and in each visible patch one random feature's block with
+                             probability `feature_share` (so a feature can be scored from the
+                             others at the same steps: `scoring.inference=last_n_by_feature`)
 
 Random masks draw from the shared keyed noise (`maelab.masking.noise.KeyedNoise`, one key set
 per sample); the batch size and device come from it. Settings are checked by the config
@@ -72,13 +76,27 @@ def feature_wise_mask(noise: KeyedNoise, seq_length: int, num_features: int, rat
     return (ranks < per_feature[None, :, None]).transpose(1, 2)  # (B, T, F)
 
 
+def patch_feature_mask(noise: KeyedNoise, seq_length: int, num_features: int, patch_size: int,
+                       ratio: float, feature_share: float) -> torch.Tensor:
+    """(B, T/p, F): round(ratio × T/p) whole patches hidden, and in each other patch the block of
+    one random feature with probability `feature_share`."""
+    whole = patch_mask(noise, seq_length, patch_size, ratio)  # (B, N)
+    shape = tuple(whole.shape)
+    feature = (noise.uniform(shape) * num_features).long().clamp_max(num_features - 1)  # (B, N)
+    partial = (noise.uniform(shape) < feature_share) & ~whole  # (B, N)
+    one = torch.arange(num_features, device=whole.device) == feature[..., None]  # (B, N, F)
+    return whole[..., None] | (one & partial[..., None])
+
+
 def random_mask(
     noise: KeyedNoise, strategy: str, seq_length: int, num_features: int, ratio: float,
-    patch_size: int = 1, num_spans: int = 3,
+    patch_size: int = 1, num_spans: int = 3, feature_share: float = 0.5,
 ) -> torch.Tensor:
     """The training mask of `strategy`, at its own unit granularity (see module docstring)."""
     if strategy == "patch":
         return patch_mask(noise, seq_length, patch_size, ratio)
+    if strategy == "patch_feature":
+        return patch_feature_mask(noise, seq_length, num_features, patch_size, ratio, feature_share)
     if strategy == "token":
         return token_mask(noise, seq_length, ratio)
     if strategy == "temporal":
@@ -92,6 +110,9 @@ def _from_steps(hidden_steps: torch.Tensor, strategy: str, num_features: int,
     patch masking, where the hidden steps cover whole patches; all features in feature_wise)."""
     if strategy == "patch":
         return hidden_steps[..., ::patch_size]  # (..., T/p)
+    if strategy == "patch_feature":
+        patches = hidden_steps[..., ::patch_size]  # (..., T/p)
+        return patches[..., None].expand(*patches.shape, num_features).clone()
     if strategy == "feature_wise":
         return hidden_steps[..., None].expand(*hidden_steps.shape, num_features).clone()
     return hidden_steps
@@ -106,6 +127,18 @@ def last_steps_mask(
     steps = torch.zeros(batch, seq_length, dtype=torch.bool, device=device)
     steps[:, seq_length - n:] = True
     return _from_steps(steps, strategy, num_features, patch_size)
+
+
+def last_steps_by_feature_masks(
+    strategy: str, batch: int, seq_length: int, num_features: int, n: int, patch_size: int = 1,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """`last_n_by_feature` inference masks, (F, B, units…) for the cell-level strategies
+    (`feature_wise`, `patch_feature`): pass f hides the last `n` steps of feature f only, the
+    other features stay visible."""
+    last = last_steps_mask(strategy, batch, seq_length, num_features, n, patch_size, device)
+    only = torch.eye(num_features, dtype=torch.bool, device=device)  # (F, F)
+    return last[None] & only.view(num_features, *[1] * (last.dim() - 1), num_features)
 
 
 def block_masks(
@@ -125,6 +158,8 @@ def cell_mask(mask: torch.Tensor, strategy: str, patch_size: int, num_features: 
     """Expand a strategy-level mask to the hidden values (B, T, F)."""
     if strategy == "feature_wise":
         return mask
+    if strategy == "patch_feature":
+        return mask.repeat_interleave(patch_size, dim=1)  # (B, T, F)
     if strategy == "patch":
         mask = mask.repeat_interleave(patch_size, dim=1)  # (B, T)
     return mask[:, :, None].expand(*mask.shape, num_features)

@@ -6,6 +6,8 @@ hidden unit is withheld from the encoder depends on the masking strategy:
     token         tokens are steps; hidden steps are replaced by a learned mask token (BERT)
     temporal      tokens are steps; hidden steps (contiguous spans) are removed (MAE)
     feature_wise  tokens are steps; hidden cells are zeroed and a mask indicator is appended
+    patch_feature tokens are patches of p steps × F features; hidden cells are zeroed and a mask
+                  indicator is appended (a patch with one feature hidden keeps the others)
 `encoder_input="mask_tokens"` keeps hidden patches/spans in the encoder as the learned mask token
 instead (the design's `x*mask + mask_token*(1-mask)`).
 
@@ -68,9 +70,10 @@ class SDMAE(nn.Module):
         self.removes_hidden = strategy in ("patch", "temporal") and encoder_input == "visible"
         self.mask_tokens_in = strategy == "token" or (
             strategy in ("patch", "temporal") and encoder_input == "mask_tokens")
-        step = patch_size if strategy == "patch" else 1
+        self.cells_in = strategy in ("feature_wise", "patch_feature")  # values + indicator
+        step = patch_size if strategy in ("patch", "patch_feature") else 1
         self.n_tokens = seq_length // step
-        token_in = step * num_features * (2 if strategy == "feature_wise" else 1)
+        token_in = step * num_features * (2 if self.cells_in else 1)
         self.token_out = step * num_features
 
         self.embed = nn.Linear(token_in, d_model)
@@ -100,9 +103,12 @@ class SDMAE(nn.Module):
         """
         if self.strategy == "patch":
             tokens = self.embed(patchify_1d(x, self.patch_size))  # (B, T/p, D)
-        elif self.strategy == "feature_wise":
-            hidden = mask.to(x.dtype)  # (B, T, F) the model is told which cells are hidden
-            tokens = self.embed(torch.cat([x * (1 - hidden), hidden], dim=-1))  # (B, T, D)
+        elif self.cells_in:  # the model is told which cells are hidden
+            hidden = cell_mask(mask, self.strategy, self.patch_size, self.num_features).to(x.dtype)
+            cells = torch.cat([x * (1 - hidden), hidden], dim=-1)  # (B, T, 2F)
+            if self.strategy == "patch_feature":
+                cells = patchify_1d(cells, self.patch_size)  # (B, T/p, p·2F)
+            tokens = self.embed(cells)  # (B, N, D)
         else:
             tokens = self.embed(x)  # (B, T, D)
         if self.mask_tokens_in:
@@ -120,7 +126,7 @@ class SDMAE(nn.Module):
     def decode(self, name: str, dec_in: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, D) [+ memory (B, M, D)] -> reconstruction (B, T, F) by decoder `name`."""
         out = self.head[name](self.decoder[name](dec_in, memory))  # (B, N, token_out)
-        if self.strategy == "patch":
+        if self.strategy in ("patch", "patch_feature"):
             return unpatchify_1d(out, self.patch_size)
         return out
 

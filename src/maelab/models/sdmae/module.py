@@ -16,7 +16,12 @@ from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
 from maelab.models.sdmae.config import SCORE_TYPES
 from maelab.models.sdmae.loss import anomaly_ramp, anomaly_visible, sdmae_loss
-from maelab.models.sdmae.masking import block_masks, last_steps_mask, random_mask
+from maelab.models.sdmae.masking import (
+    block_masks,
+    last_steps_by_feature_masks,
+    last_steps_mask,
+    random_mask,
+)
 from maelab.models.sdmae.model import SDMAE
 from maelab.scoring import (
     assemble_point_scores,
@@ -43,8 +48,10 @@ class SDMAEModule(MaeModule):
                         normals, w on a grid chosen on validation (best AUROC; 0.5 without labels)
     Inference (`scoring.inference`): `last_n` hides the last `mask_last_n` steps; `all_positions`
     hides every block of `mask_last_n` steps once, in `passes` batched passes, so every step gets
-    its scores while hidden. Labels (`scoring.label_scope`): a window is anomalous when an anomaly
-    overlaps its scored region (`scored`) or lies anywhere in it (`window`).
+    its scores while hidden; `last_n_by_feature` (cell masks) hides the last steps of one feature
+    per batched pass, the others visible, so each feature is scored from its peers.
+    Labels (`scoring.label_scope`): a window is anomalous when an anomaly overlaps its scored
+    region (`scored`) or lies anywhere in it (`window`).
     Calibration on validation lives in buffers, so it travels inside the checkpoint: score
     normalisation, the combined weight, thresholds, and with `score: auto` the primary score (the
     type with the best validation AUROC).
@@ -112,15 +119,20 @@ class SDMAEModule(MaeModule):
         """Decoder outputs (B, T, F) with the scored values hidden, and "hidden" (B, T, F).
 
         `last_n`: one pass with the last `mask_last_n` steps hidden. `all_positions`: the
-        `passes` masks of `block_masks` in one batched forward; each value is taken from the pass
-        that hid it (every value is hidden in exactly one pass).
+        `passes` masks of `block_masks` in one batched forward; `last_n_by_feature`: the F masks
+        of `last_steps_by_feature_masks` likewise. Each value is taken from the pass that hid it
+        (every scored value is hidden in exactly one pass).
         """
         s, (b, t, f) = self.hparams.scoring, x.shape
         if s["inference"] == "last_n":
             return self.net(x, last_steps_mask(self.strategy, b, t, f, self.mask_last_n,
                                                self.net.patch_size, x.device))
-        masks = block_masks(self.strategy, b, t, f, self.mask_last_n, s["passes"],
-                            self.net.patch_size, x.device)  # (P, B, units…)
+        if s["inference"] == "last_n_by_feature":
+            masks = last_steps_by_feature_masks(self.strategy, b, t, f, self.mask_last_n,
+                                                self.net.patch_size, x.device)  # (F, B, units…)
+        else:
+            masks = block_masks(self.strategy, b, t, f, self.mask_last_n, s["passes"],
+                                self.net.patch_size, x.device)  # (P, B, units…)
         p = masks.shape[0]
         out = self.net(x.repeat(p, 1, 1), masks.reshape(p * b, *masks.shape[2:]))
         hidden = out["hidden"].reshape(p, b, t, f)
@@ -131,8 +143,8 @@ class SDMAEModule(MaeModule):
         """Squared errors of the scored values {name: (B, S, F)} (S = mask_last_n with `last_n`,
         T with `all_positions`) and the model output of `infer`."""
         out = self.infer(x)
-        steps = slice(-self.mask_last_n, None) if self.hparams.scoring["inference"] == "last_n" \
-            else slice(None)
+        steps = slice(None) if self.hparams.scoring["inference"] == "all_positions" \
+            else slice(-self.mask_last_n, None)
         recon_source = out["teacher"] if "teacher" in out else out["student"]
         scores = {"reconstruction": (recon_source - x)[:, steps] ** 2}  # (B, S, F)
         if "discrepancy" in self.available:
@@ -144,18 +156,21 @@ class SDMAEModule(MaeModule):
         x = batch["x"]  # (B, T, F)
         m, lw = self.hparams.masking, self.hparams.loss
         mask = random_mask(noise, m["strategy"], x.shape[1], x.shape[2], m["ratio"],
-                           m["patch_size"], m["num_spans"])
+                           m["patch_size"], m["num_spans"], m.get("feature_share", 0.5))
         out = self.net(x, mask)
-        gap_out = out
-        if lw["gap_mask"] == "inference" and lw["discrepancy"] and len(self.net.decoders) == 2:
-            b, t, f = x.shape  # the gap as scored: last n steps hidden
-            gap_out = self.net(x, last_steps_mask(self.strategy, b, t, f, self.mask_last_n,
-                                                  self.net.patch_size, x.device))
+        gap_inference = lw["gap_mask"] == "inference" and lw["discrepancy"] \
+            and len(self.net.decoders) == 2
+        inference_out = None  # the pass as windows are scored: last n steps hidden
+        if gap_inference or lw["recon_mask"] == "training_and_inference":
+            b, t, f = x.shape
+            inference_out = self.net(x, last_steps_mask(self.strategy, b, t, f, self.mask_last_n,
+                                                        self.net.patch_size, x.device))
+        gap_out = inference_out if gap_inference else out
         anomalous = batch["labelled"] & (batch["label"] > 0)
         if lw["push"] == "visible":  # an anomaly the encoder cannot see cannot move the gap
             anomalous = anomalous & anomaly_visible(batch["point_labels"], gap_out["hidden"])
         ramp = anomaly_ramp(self.current_epoch, lw["anomaly_warmup_epochs"])
-        return sdmae_loss(out, x, anomalous, lw, ramp, gap_out)
+        return sdmae_loss(out, x, anomalous, lw, ramp, gap_out, inference_out)
 
     def _noise(self, batch: SeriesBatch, stream: int) -> KeyedNoise:
         """Mask noise keyed by sample: the same masks whatever batch, rank or resume draws them."""
