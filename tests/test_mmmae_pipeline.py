@@ -207,5 +207,7 @@ def test_nse_star_loss_trains_on_each_catchments_training_spread(tmp_path: Path,
     flows = np.asarray(dm.store.series["riverflow"][:, lo:hi + 1], dtype=np.float64)
     assert list(module._series_std) == ["riverflow"]
     assert np.allclose(module._series_std["riverflow"].numpy(), np.nanstd(flows, axis=1))
+    every_day = np.nanstd(np.asarray(dm.store.series["riverflow"], dtype=np.float64), axis=1)
+    assert not np.allclose(module._series_std["riverflow"].numpy(), every_day)  # training only
     metrics, _ = train(cfg)
     assert math.isfinite(metrics["test"]["riverflow / mmmae"]["nse_median"])

@@ -31,9 +31,11 @@ def row_key(name: str, method: str) -> str:
     return f"{name} / {method}"
 
 
-def denormalise(x: torch.Tensor, stats: Mapping[str, Any]) -> torch.Tensor:
-    """Normalised values → physical units with {mean, std, log} (expm1 after log1p)."""
-    y = x.double() * float(stats["std"]) + float(stats["mean"])
+def denormalise(x: torch.Tensor, stats: Mapping[str, Any],
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Normalised values → physical units with {mean, std, log} (expm1 after log1p), computed in
+    `dtype` (differentiable)."""
+    y = x.to(dtype) * float(stats["std"]) + float(stats["mean"])
     return torch.expm1(y) if stats["log"] else y
 
 

@@ -13,8 +13,11 @@ from typing import Any
 
 import torch
 
+from maelab.scoring.hydro_metrics import denormalise
+
 EPS = 1e-6
 NSE_STAR_EPS = 0.1  # ε of NSE*, in the series' physical units (Kratzert et al. 2019)
+NSE_STAR_CLAMP = 8.0  # |normalised value| bound before expm1 in NSE*
 
 
 def patch_stats(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,13 +41,6 @@ def selected_mse(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor)
     return torch.where(select, (pred.float() - target) ** 2, zero).sum() / n
 
 
-def physical(x: torch.Tensor, stats: Mapping[str, Any], clamp: float = 8.0) -> torch.Tensor:
-    """Normalised values → physical units, differentiably (float32; normalised values clamped to
-    ±`clamp` so that an early wild prediction cannot overflow expm1)."""
-    y = x.float().clamp(-clamp, clamp) * float(stats["std"]) + float(stats["mean"])
-    return torch.expm1(y) if stats["log"] else y
-
-
 def nse_star(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
              stats: Mapping[str, Any], sigma: torch.Tensor) -> torch.Tensor | None:
     """Mean over the `select`ed days of (pred − target)² / (σ + ε)² in physical units:
@@ -56,7 +52,10 @@ def nse_star(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
     zero = torch.zeros((), device=pred.device)
     target = torch.where(select, target.float(), zero)
     scale = (sigma.float()[:, None] + NSE_STAR_EPS) ** 2  # (B, 1)
-    err = (physical(pred, stats) - physical(target, stats)) ** 2 / scale
+    # float32 physical values; normalised predictions clamped so that a wild one cannot overflow
+    phys_pred = denormalise(pred.float().clamp(-NSE_STAR_CLAMP, NSE_STAR_CLAMP), stats, torch.float32)
+    phys_target = denormalise(target.clamp(-NSE_STAR_CLAMP, NSE_STAR_CLAMP), stats, torch.float32)
+    err = (phys_pred - phys_target) ** 2 / scale
     return torch.where(select, err, zero).sum() / n
 
 

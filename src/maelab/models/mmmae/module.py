@@ -114,12 +114,8 @@ class MMMAEModule(MaeModule):
               decode: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         out = self(batch, decode)
         lw = self.hparams.loss
-        if len(self._series_std) != len(lw.get("nse_star") or []):
-            raise RuntimeError("model.loss.nse_star needs the training statistics: call "
-                               "use_data(datamodule) first (Lightning's setup does)")
-        nse = {s: (self.info.stats[s], std.to(batch["catchment"].device)[batch["catchment"]])
-               for s, std in self._series_std.items()}
-        parts = mmmae_loss(out, batch, lw.get("weights") or {}, bool(lw.get("norm_pix_loss")), nse)
+        parts = mmmae_loss(out, batch, lw.get("weights") or {}, bool(lw.get("norm_pix_loss")),
+                           self._nse_star_series(batch))
         loss = parts["loss"]
         b = batch["static"].shape[0]
         self.log(f"{stage}/loss", parts.pop("loss"), on_step=stage == "train", on_epoch=True,
@@ -127,6 +123,14 @@ class MMMAEModule(MaeModule):
         self.log_dict({f"{stage}/loss_{k}": v for k, v in parts.items()}, on_step=False,
                       on_epoch=True, batch_size=b)
         return loss
+
+    def _nse_star_series(self, batch: HydroBatch) -> dict[str, tuple[dict, torch.Tensor]]:
+        """{series scored by NSE*: (its stats, σ (B,) of each window's catchment)}."""
+        if len(self._series_std) != len(self.hparams.loss.get("nse_star") or []):
+            raise RuntimeError("model.loss.nse_star needs the training statistics: call "
+                               "use_data(datamodule) first (Lightning's setup does)")
+        c = batch["catchment"]
+        return {s: (self.info.stats[s], std.to(c.device)[c]) for s, std in self._series_std.items()}
 
     def training_step(self, batch: HydroBatch, batch_idx: int) -> torch.Tensor:
         masked = self._hide_whole_series(self.masked(batch, self.current_epoch), batch_idx)
@@ -207,17 +211,14 @@ class MMMAEModule(MaeModule):
         no visible valid day left out) and `val/loss_<grid>_neighbour_mean` (mean of the nearest
         visible patches on the same day; on the decoded hidden tokens, as the model's loss)."""
         b = batch["static"].shape[0]
+        nse = self._nse_star_series(batch)  # series whose loss is NSE*: the bar in those units
         for s in self.net.series_names:
             if not bool(batch["present"][s].any()):
                 continue
             x, valid, hidden = batch["series"][s], batch["series_valid"][s], batch["series_mask"][s]
             base = interpolate_days(x, valid & ~hidden).float()  # (B, T), NaN if none visible
             select = hidden & valid & base.isfinite()
-            if s in self._series_std:  # in the units of the series' loss: NSE*
-                std = self._series_std[s].to(x.device)[batch["catchment"]]
-                mse = nse_star(base.nan_to_num(), x, select, self.info.stats[s], std)
-            else:
-                mse = selected_mse(base, x, select)
+            mse = nse_star(base, x, select, *nse[s]) if s in nse else selected_mse(base, x, select)
             if mse is not None:
                 self.log(f"val/loss_{s}_interpolation", mse, on_step=False, on_epoch=True,
                          batch_size=b)

@@ -14,7 +14,7 @@ from torchmetrics.functional.classification import binary_auroc
 from maelab.data.contracts import SeriesBatch, SeriesInfo
 from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
-from maelab.models.sdmae.config import SCORE_TYPES
+from maelab.models.sdmae.config import SCORE_TYPES, MaskingConfig
 from maelab.models.sdmae.loss import anomaly_ramp, anomaly_visible, sdmae_loss
 from maelab.models.sdmae.masking import (
     block_masks,
@@ -65,9 +65,10 @@ class SDMAEModule(MaeModule):
     ) -> None:
         super().__init__(optim, data_info, seed, run_config)
         self.info = SeriesInfo(**data_info)
+        self.masking = MaskingConfig(**masking)  # the training masks, with the config's defaults
         self.net = SDMAE(
             seq_length=self.info.seq_length, num_features=self.info.num_features,
-            strategy=masking["strategy"], patch_size=masking["patch_size"], **net,
+            strategy=self.masking.strategy, patch_size=self.masking.patch_size, **net,
         )
         # compiled in place (state_dict keys unchanged); off by default: on a CPU the minutes of
         # compilation outweigh a ~15 % faster step (README, Performance)
@@ -140,8 +141,8 @@ class SDMAEModule(MaeModule):
         return merged | {"hidden": hidden.any(0)}
 
     def step_scores(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Squared errors of the scored values {name: (B, S, F)} (S = mask_last_n with `last_n`,
-        T with `all_positions`) and the model output of `infer`."""
+        """Squared errors of the scored values {name: (B, S, F)} (S = T with `all_positions`,
+        else mask_last_n) and the model output of `infer`."""
         out = self.infer(x)
         steps = slice(None) if self.hparams.scoring["inference"] == "all_positions" \
             else slice(-self.mask_last_n, None)
@@ -154,9 +155,9 @@ class SDMAEModule(MaeModule):
     # ---- training -----------------------------------------------------------------------
     def _loss(self, batch: SeriesBatch, noise: KeyedNoise) -> dict[str, torch.Tensor]:
         x = batch["x"]  # (B, T, F)
-        m, lw = self.hparams.masking, self.hparams.loss
-        mask = random_mask(noise, m["strategy"], x.shape[1], x.shape[2], m["ratio"],
-                           m["patch_size"], m["num_spans"], m.get("feature_share", 0.5))
+        m, lw = self.masking, self.hparams.loss
+        mask = random_mask(noise, m.strategy, x.shape[1], x.shape[2], m.ratio, m.patch_size,
+                           m.num_spans, m.feature_share)
         out = self.net(x, mask)
         gap_inference = lw["gap_mask"] == "inference" and lw["discrepancy"] \
             and len(self.net.decoders) == 2
