@@ -50,6 +50,7 @@ TRAIN_CASES = [
     (["masking=patch_feature", "patch_size=7"], "patch_size"),
     (["model.loss.recon_mask=bogus"], "model.loss.recon_mask"),
     ([*HYDRO, "model.loss.nse_star=[rainfall]"], "model.loss.nse_star"),
+    ([*HYDRO, "model.net.forcing_series=[rainfall]"], "model.net.forcing_series"),
     (["threshold.method=median"], "threshold.method"),
     (["threshold.percentile=100"], "threshold.percentile"),
     (["seed=abc"], "seed"),

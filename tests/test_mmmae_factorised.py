@@ -292,3 +292,29 @@ def test_catchment_forcing_is_the_visible_value_at_the_catchment_patch() -> None
                 total = total_next
             torch.testing.assert_close(forcing[b, :, 5 * j + 2], ema)
     assert not forcing[2].any()  # unknown place
+
+
+def test_forcing_series_are_visible_values_and_their_antecedent_means() -> None:
+    """`forcing_series` features: the visible valid value (0 elsewhere), the visibility flag and
+    the antecedent means over the visible valid days only; hidden values cannot change them."""
+    model, batch = make_factorised(forcing_series=[SERIES[0]]), batch_with_location()
+    s = SERIES[0]
+    feats = model.forcing_from_series(batch)  # (B, T, 5)
+    assert feats.shape == (B, T, 5)
+    seen = batch["series_valid"][s] & ~batch["series_mask"][s]
+    x = torch.where(seen, batch["series"][s], 0.0)
+    torch.testing.assert_close(feats[..., 0], x)
+    assert torch.equal(feats[..., 1], seen.float())
+    for k, scale in enumerate((3.0, 10.0, 30.0)):
+        for b in range(B):
+            for t in range(T):
+                w = torch.exp(-(t - torch.arange(t + 1)) / scale) * seen[b, :t + 1]
+                want = (w * x[b, :t + 1]).sum() / w.sum() if w.sum() > 0 else torch.zeros(())
+                torch.testing.assert_close(feats[b, t, 2 + k], want)
+    changed = _with_other_hidden_values(batch, seed=1)
+    torch.testing.assert_close(model.forcing_from_series(changed), feats, rtol=0, atol=0)
+    out, ref = model(changed), model(batch)
+    for n in SERIES:
+        torch.testing.assert_close(out["series"][n], ref["series"][n], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="forcing_series"):
+        make_factorised(forcing_series=["snow"])

@@ -72,6 +72,16 @@ def test_hide_series_hides_one_whole_series_of_some_batches() -> None:
     assert seen == set(SERIES)
 
 
+def test_hide_series_others_visible_shows_every_other_series_day() -> None:
+    batch = make_batch()
+    out = make_module(hide_series=1.0, hide_series_others="visible")._hide_whole_series(batch, 0)
+    hidden = [n for n in SERIES if out["series_mask"][n].all()]
+    assert len(hidden) == 1
+    assert all(not out["series_mask"][n].any() for n in SERIES if n != hidden[0])
+    assert any(batch["series_mask"][n].any() for n in SERIES if n != hidden[0])  # were masked
+    assert out["grid_mask"] is batch["grid_mask"]  # grids keep their masks
+
+
 @pytest.mark.parametrize(("kw", "key"), [
     ({"loss": {"weights": {"snow": 1.0}}}, "model.loss.weights.snow"),
     ({"evaluation": {"climatology_window": 31, "cross_modal": "precipitation"}},

@@ -96,6 +96,18 @@ def test_evaluate_reproduces_training_metrics(trained: tuple[dict, Path]) -> Non
     assert (out / "eval" / "figures" / "hydrograph.png").stat().st_size > 0
 
 
+def test_evaluate_split_val_tests_the_validation_windows(trained: tuple[dict, Path]) -> None:
+    metrics, out = trained
+    val = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "split=val"]))
+    assert val["split"] == "val" and (out / "eval_val" / "metrics.json").exists()
+    dm = build_datamodule(compose_cfg("train", [*SMALL]), stage="fit")
+    dm.setup("fit")
+    hidden = round(0.75 * 15)  # series days hidden per window
+    for split, result in (("val", val), ("test", metrics)):
+        windows = len(getattr(dm, f"{split}_dataloader")().dataset)
+        assert result["test"]["riverflow / interpolation"]["n"] == windows * hidden, split
+
+
 def test_perfect_reconstruction_gives_nse_one_and_rmse_zero(tmp_path: Path, cache: str) -> None:
     cfg = compose_cfg("train", [*SMALL, cache, "logger=[]"], tmp_path / "oracle")
     dm = build_datamodule(cfg)

@@ -39,6 +39,23 @@ def test_evaluate_reproduces_training_metrics(tiny_train_cfg, tmp_path):
     assert (tmp_path / "run" / "eval" / "figures" / "roc_pr.png").stat().st_size > 0
 
 
+def test_evaluate_split_val_scores_the_validation_windows(tiny_train_cfg, tmp_path, caplog):
+    """`split=val` runs the validation windows through the test code: its AUROCs are the ones
+    calibration logged for the auto choice, and it writes to <run>/eval_val/."""
+    with caplog.at_level("INFO"):  # calibration logs the validation AUROCs
+        metrics, _ = train(tiny_train_cfg("masking=patch", name="run"))
+    val = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "split=val"]))
+    assert val["split"] == "val" and metrics["split"] == "test"
+    line = next(r.getMessage() for r in caplog.records if "score=auto" in r.getMessage())
+    logged = dict(part.rsplit(" ", 1) for part in line.split("validation AUROC: ")[1]
+                  .rstrip(")").split(", "))
+    for score, auroc in logged.items():
+        assert val["test"][score]["auroc"] == pytest.approx(float(auroc), abs=6e-5), score
+    assert json.load(open(tmp_path / "run" / "eval_val" / "metrics.json"))["split"] == "val"
+    with pytest.raises(ConfigError, match="split"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "split=train"]))
+
+
 def test_evaluate_overrides_score_and_scored_region(tiny_train_cfg, tmp_path):
     metrics, _ = train(tiny_train_cfg("masking=token", name="run"))
     again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",

@@ -241,11 +241,12 @@ def _short(value: Any) -> str:
 def evaluate_checkpoint(
     cfg: DictConfig, ckpt_path: Path, out_dir: Path, trainer: L.Trainer | None = None,
     datamodule: L.LightningDataModule | None = None, write_calibration: bool = False,
-    recalibrate: bool = False, print_table: bool = True,
+    recalibrate: bool = False, print_table: bool = True, split: str = "test",
 ) -> dict[str, Any]:
     """Load `ckpt_path` safely, calibrate on validation if needed, test; write results to out_dir.
 
-    Uses the base module's interface only (`maelab.lit.base.MaeModule`).
+    `split="val"` runs the validation windows through the test loop instead (for choices made
+    on validation). Uses the base module's interface only (`maelab.lit.base.MaeModule`).
     """
     with PHASES.phase("checkpoint load"):
         state = load_checkpoint(ckpt_path, "ckpt")
@@ -268,9 +269,13 @@ def evaluate_checkpoint(
                 atomic_torch_save(ckpt_path, state)
     with PHASES.phase("test data"):
         dm.setup("test")
+        if split == "val":  # the validation windows through the test loop
+            dm.setup("validate")
+            dm.test_dataloader = dm.val_dataloader
     with PHASES.phase("test"):
         trainer.test(module, datamodule=dm, verbose=False)
-    metrics = {"model": module.name, "checkpoint": str(ckpt_path), **module.summary()}
+    metrics = {"model": module.name, "checkpoint": str(ckpt_path), "split": split,
+               **module.summary()}
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         atomic_write_json(out_dir / "metrics.json", metrics)
         with PHASES.phase("figures"):
@@ -303,6 +308,7 @@ def load_run_config(ckpt_path: Path) -> DictConfig:
 
 
 # what a `_target_` of a run config read from disk may build, by where it sits
+SPLITS = {"test": "eval", "val": "eval_val"}  # evaluate.py split= → results folder in the run
 _TARGET_KINDS = {"data": L.LightningDataModule, "trainer": L.Trainer, "callbacks": L.Callback,
                  "logger": Logger}
 
@@ -347,6 +353,9 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
     `data` overrides are merged into the run's data settings (`+data.num_workers=0`), or replace
     them when they name a DataModule (`data=smd`)."""
     _quiet_lightning_logging()
+    split = cfg.get("split") or "test"
+    if split not in SPLITS:
+        raise ConfigError("split", split, " | ".join(SPLITS))
     state = load_checkpoint(cfg.ckpt, "ckpt")
     ckpt_path = Path(cfg.ckpt).expanduser().resolve()
     run_cfg = load_run_config(ckpt_path)
@@ -371,7 +380,8 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
         OmegaConf.update(run_cfg, key, value, merge=not replace, force_add=True)
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
-    metrics = evaluate_checkpoint(run_cfg, ckpt_path, run_dir / "eval",
-                                  recalibrate="threshold" in overrides, print_table=print_table)
-    atomic_write_json(run_dir / "eval" / "timings.json", PHASES.take())
+    out_dir = run_dir / SPLITS[split]
+    metrics = evaluate_checkpoint(run_cfg, ckpt_path, out_dir, recalibrate="threshold" in overrides,
+                                  print_table=print_table, split=split)
+    atomic_write_json(out_dir / "timings.json", PHASES.take())
     return metrics

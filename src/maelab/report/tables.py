@@ -34,7 +34,8 @@ def print_metrics_table(metrics: dict[str, Any], console: Console | None = None)
     numeric = {k for r in rows.values() for k, v in r.items() if isinstance(v, int | float)}
     cols = ([c for c in COLUMNS if c in numeric] or [c for c in HYDRO_COLUMNS if c in numeric]
             or sorted(numeric - {"n", "n_anomalous"}))
-    title = f"{metrics['model']} test metrics"
+    split = "validation" if metrics.get("split") == "val" else "test"
+    title = f"{metrics['model']} {split} metrics"
     if "mask_last_n" in metrics:
         title += f" ({metrics['level']} level, last {metrics['mask_last_n']} steps scored"
         if "label_scope" in metrics:

@@ -20,6 +20,7 @@ STRATEGIES = ("unified", "independent")
 SERIES_MODES = ("shared", "independent")
 SERIES_MASKS = ("random_days", "all", "contiguous", "visible")  # masking.series_modes values
 ATTENTIONS = ("factorised", "joint")
+HIDE_SERIES_OTHERS = ("masked", "visible")  # the other series when one is hidden whole
 # the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
 GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
 SERIES_PRIORS = ("interpolation", "climatology")
@@ -52,6 +53,8 @@ class NetConfig:
     series_priors: list[str] = field(default_factory=lambda: list(SERIES_PRIORS))
     decode_fraction: float = 1.0  # share of hidden grid tokens decoded per training step
     catchment_location: bool = False  # static/series tokens get the catchment's patch-grid place
+    forcing_series: list[str] = field(default_factory=list)  # series whose visible values and
+    # antecedent means join the day tokens and series queries (factorised; e.g. CAMELS forcings)
 
     def __post_init__(self) -> None:
         one_of("attention", self.attention, ATTENTIONS)
@@ -80,6 +83,9 @@ class NetConfig:
             if self.decode_fraction != 1.0:
                 raise ConfigError("decode_fraction", self.decode_fraction,
                                   "1.0 with attention=joint (it decodes every token)")
+            if self.forcing_series:
+                raise ConfigError("forcing_series", self.forcing_series,
+                                  "[] with attention=joint (factorised only)")
 
 
 @dataclass
@@ -146,9 +152,11 @@ class MMMAEConfig(ModelConfig):
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     hide_series: float = 0.0  # share of training batches hiding one whole series
+    hide_series_others: str = "masked"  # the other series in those batches: masked | visible
 
     def __post_init__(self) -> None:
         in_range("hide_series", self.hide_series, 0.0, 1.0)
+        one_of("hide_series_others", self.hide_series_others, HIDE_SERIES_OTHERS)
 
     @property
     def unused_parameters(self) -> bool:

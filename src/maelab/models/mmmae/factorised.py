@@ -13,7 +13,8 @@ Tokens (D = d_model; per sample, T days, P valid land patches, S series):
     day         one token per day, never hidden: a learned vector + the static attributes'
                 embedding + day + season (+ the catchment's place and, with grids, the day's
                 value of each grid at the catchment's patch: its visible cells' mean on days it
-                is visible, else the visible-neighbour mean — visible information only); the
+                is visible, else the visible-neighbour mean — visible information only; with
+                `forcing_series`, those series' visible values and antecedent means); the
                 place where a day's grids and series meet and the catchment's days follow each
                 other (a register, as in ViTs with registers)
 Hidden tokens are never built (their values are never read): the encoder sees n = P − hidden
@@ -242,6 +243,7 @@ class FactorisedMMMAE(nn.Module):
         catchment_location: bool = False,
         grid_priors: Sequence[str] = GRID_PRIORS,
         series_priors: Sequence[str] = ("interpolation",),
+        forcing_series: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.grid_names, self.series_names = list(grid_names), list(series_names)
@@ -250,6 +252,10 @@ class FactorisedMMMAE(nn.Module):
         self.n_valid = len(patch_rows)
         self.patch_rows, self.patch_cols = list(patch_rows), list(patch_cols)
         self.catchment_location = bool(catchment_location)
+        self.forcing_series = list(forcing_series)
+        unknown = [s for s in self.forcing_series if s not in self.series_names]
+        if unknown:
+            raise ValueError(f"forcing_series {unknown}: not among the series {self.series_names}")
         d, dd = d_model, decoder_dim
         n_mod = len(self.grid_names) + len(self.series_names) + 1  # + day tokens
         kg, ks = len(self.grid_prior_names), len(self.series_prior_names)
@@ -264,6 +270,8 @@ class FactorisedMMMAE(nn.Module):
         n_forcing = len(self.grid_names) * (2 + len(ANTECEDENT_DAYS))
         self.catchment_forcing = nn.Linear(n_forcing, d) \
             if self.catchment_location and self.grid_names else None
+        n_series_forcing = len(self.forcing_series) * (2 + len(ANTECEDENT_DAYS))
+        self.series_forcing = nn.Linear(n_series_forcing, d) if n_series_forcing else None
         self.encoder = nn.ModuleList(FactorisedBlock(d, heads, mlp_ratio, dropout, attn_dropout)
                                      for _ in range(depth))
         self.encoder_norm = nn.LayerNorm(d)
@@ -277,6 +285,8 @@ class FactorisedMMMAE(nn.Module):
         self.series_prior_embed = nn.ModuleDict({s: nn.Linear(ks, dd) for s in self.series_names}
                                                 if ks else {})
         self.decoder_forcing = nn.Linear(n_forcing, dd) if self.catchment_forcing is not None \
+            else None
+        self.decoder_series_forcing = nn.Linear(n_series_forcing, dd) if n_series_forcing \
             else None
         self.grid_gap = nn.Linear(3, dd)  # distance of a query to its patch's visible days
         self.series_gap = nn.Linear(3, dd)  # … to its series' visible valid days
@@ -415,6 +425,23 @@ class FactorisedMMMAE(nn.Module):
                              * known.view(b, 1, 1))
         return torch.cat(parts, -1)
 
+    def forcing_from_series(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """(B, T, forcing series · 5) each of `forcing_series` on its visible valid days: the
+        value (0 elsewhere), whether it is visible, and its antecedent means over 3, 10 and 30
+        days taken over the visible valid days only (0 before the first); 0 where the series is
+        absent. The catchment's forcing when it comes as series rather than grids (CAMELS)."""
+        parts = []
+        with torch.no_grad():
+            for s in self.forcing_series:
+                seen = batch["series_valid"][s] & ~batch["series_mask"][s] \
+                    & batch["present"][s].view(-1, 1)  # (B, T)
+                x = torch.where(seen, batch["series"][s].float(), 0.0)[..., None]  # (B, T, 1)
+                w = seen.float()[..., None]
+                num, den = antecedent(x, ANTECEDENT_DAYS), antecedent(w, ANTECEDENT_DAYS)
+                mean = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
+                parts.append(torch.cat([x, w, mean], -1))
+        return torch.cat(parts, -1)
+
     # ---- encoder ------------------------------------------------------------------------------
     def encode(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Encoder over the visible tokens only. Returns catch (B, N_c, D) [day tokens, visible
@@ -435,6 +462,10 @@ class FactorisedMMMAE(nn.Module):
         if self.catchment_forcing is not None and grids:
             forcing = self.forcing_at_catchment(batch, grids)  # (B, T, F)
             day = day + self.catchment_forcing(forcing)
+        series_forcing = None
+        if self.series_forcing is not None:
+            series_forcing = self.forcing_from_series(batch)  # (B, T, F_s)
+            day = day + self.series_forcing(series_forcing)
         catch = [day]
         for j, s in enumerate(series):
             i = lay.series_days[j]  # (B, V_s)
@@ -462,7 +493,7 @@ class FactorisedMMMAE(nn.Module):
         for block in self.encoder:
             catch_t, grid_t = block(catch_t, grid_t, lay)
         return {"catch": self.encoder_norm(catch_t), "grid": self.encoder_norm(grid_t),
-                "layout": lay, "forcing": forcing}
+                "layout": lay, "forcing": forcing, "series_forcing": series_forcing}
 
     # ---- decoder ------------------------------------------------------------------------------
     def decoder_keys(self, enc: Mapping[str, Any], query_tracks: Tracks | None) -> dict[str, Any]:
@@ -527,6 +558,8 @@ class FactorisedMMMAE(nn.Module):
         place = catchment_embedding(batch, dd)[:, None] if self.catchment_location else 0.0
         if enc["forcing"] is not None:  # the catchment's forcing of the query's day
             place = place + self.decoder_forcing(enc["forcing"])  # (B, T, Dd)
+        if enc["series_forcing"] is not None:  # … and from the forcing series
+            place = place + self.decoder_series_forcing(enc["series_forcing"])
         for s in lay.series:
             known = batch["series_valid"][s] & ~batch["series_mask"][s]  # (B, T)
             q = self.mask_token + at_day + place + self.series_gap(gap_features(known[..., None])[:, :, 0]) \

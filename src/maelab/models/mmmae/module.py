@@ -39,7 +39,8 @@ class MMMAEModule(MaeModule):
 
     def __init__(
         self, net: dict, loss: dict, optim: dict, evaluation: dict, masking: dict, data_info: dict,
-        hide_series: float = 0.0, seed: int = 0, run_config: dict | None = None,
+        hide_series: float = 0.0, hide_series_others: str = "masked", seed: int = 0,
+        run_config: dict | None = None,
     ) -> None:
         super().__init__(optim, data_info, seed, run_config)
         self.info = HydroInfo(**data_info)
@@ -49,10 +50,12 @@ class MMMAEModule(MaeModule):
             if key not in names:
                 raise ConfigError(f"model.loss.weights.{key}", loss["weights"][key],
                                   f"weights keyed by modality: {', '.join(names)}")
-        for key in loss.get("nse_star") or []:
-            if key not in self.info.series_names:
-                raise ConfigError("model.loss.nse_star", key,
-                                  f"a list of series: {', '.join(self.info.series_names)}")
+        for where, keys in (("model.loss.nse_star", loss.get("nse_star")),
+                            ("model.net.forcing_series", net.get("forcing_series"))):
+            for key in keys or []:
+                if key not in self.info.series_names:
+                    raise ConfigError(where, key,
+                                      f"a list of series: {', '.join(self.info.series_names)}")
         target = evaluation.get("cross_modal")
         if target is not None and target not in self.info.series_names:
             raise ConfigError("model.evaluation.cross_modal", target,
@@ -73,6 +76,7 @@ class MMMAEModule(MaeModule):
         self.decode_fraction = float(net.pop("decode_fraction", 1.0))
         if attention == "joint":
             net.pop("grid_priors", None)
+            net.pop("forcing_series", None)
             skip = "interpolation" if "interpolation" in net.pop("series_priors", []) else "none"
             return MMMAE(**layout, **net, series_skip=skip)
         net.pop("temporal_patch", None)
@@ -152,7 +156,9 @@ class MMMAEModule(MaeModule):
 
     def _hide_whole_series(self, batch: MaskedHydroBatch, batch_idx: int) -> MaskedHydroBatch:
         """With probability `hide_series`, one present series is hidden on every day of the
-        batch (cross-modal training: it must come from the other modalities). The draw is keyed
+        batch (cross-modal training: it must come from the other modalities). The other series
+        keep their masks (`hide_series_others=masked`) or are shown on every day (`visible`: the
+        series is simulated from complete forcings, as in the `alone` test). The draw is keyed
         by (epoch, batch, rank): reproducible on resume."""
         names = [s for s in self.net.series_names if bool(batch["present"][s].any())]
         if float(self.hparams.hide_series) <= 0 or not names:
@@ -162,7 +168,10 @@ class MMMAEModule(MaeModule):
         if float(u[0]) >= float(self.hparams.hide_series):
             return batch
         s = names[min(int(float(u[1]) * len(names)), len(names) - 1)]
-        masks = {**batch["series_mask"], s: torch.ones_like(batch["series_mask"][s])}
+        masks = dict(batch["series_mask"])
+        if self.hparams.hide_series_others == "visible":
+            masks = {k: torch.zeros_like(m) for k, m in masks.items()}
+        masks[s] = torch.ones_like(batch["series_mask"][s])
         return {**batch, "series_mask": masks}
 
     def validation_step(self, batch: HydroBatch, batch_idx: int) -> None:
