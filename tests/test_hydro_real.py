@@ -109,8 +109,8 @@ def test_haduk_grid_with_camels_v2_series(tmp_path: Path) -> None:
 
 
 def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None:
-    """`experiment=hydro_camels` (NSE* on riverflow) on the real series, with their missing days:
-    every catchment's training spread is finite and the run trains and tests."""
+    """`experiment=hydro_camels` (NSE* on riverflow, forcing series) on the real series, with
+    their missing days: every catchment's training spread is finite and the run trains and tests."""
     from maelab.pipeline import build_datamodule, build_module, train
     from tests.conftest import compose_cfg
 
@@ -120,8 +120,10 @@ def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None
                                 "callbacks.progress_bar=null", f"data.cache_dir={tmp_path / 'cache'}"],
                       tmp_path / "run")
     assert list(cfg.model.loss.nse_star) == ["riverflow"]
+    assert cfg.model.hide_series_others == "visible"
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
+    assert module.net.forcing_series == ["catchment_precipitation", "catchment_temperature"]
     module.use_data(dm)
     std = module._series_std["riverflow"].numpy()
     assert std.shape == (60,) and np.isfinite(std).all() and (std > 0).all()

@@ -116,3 +116,30 @@ def test_nse_star_scores_physical_values_over_each_catchments_variance() -> None
     changed["series"][name][~select] = 50.0  # visible or invalid days never count
     again = mmmae_loss(out, changed, {}, nse_star_series={name: (stats, sigma)})
     assert again[name].item() == pytest.approx(nse[name].item())
+
+
+def test_variability_term_adds_each_windows_spread_error_over_the_catchment_variance() -> None:
+    """`variability`: + weight × mean over windows of (std of the prediction − std of the target
+    over the window's hidden valid days, physical units)² / (σ_c + ε)²; visible days never count."""
+    out, batch = _setup()
+    stats = {"mean": 0.5, "std": 2.0, "log": True}
+    sigma = torch.tensor([1.0, 3.0, 0.0])[: batch["static"].shape[0]]
+    name = SERIES[-1]
+    nse = mmmae_loss(out, batch, {}, nse_star_series={name: (stats, sigma)})
+    both = mmmae_loss(out, batch, {}, nse_star_series={name: (stats, sigma)},
+                      variability={name: 2.0})
+    select = out["series_hidden"][name] & batch["series_valid"][name]
+    phys = lambda v: torch.expm1(v.double() * 2.0 + 0.5)  # noqa: E731
+    spread = []
+    for b in range(select.shape[0]):
+        if int(select[b].sum()) >= 2:
+            p, t = phys(out["series"][name][b][select[b]]), phys(batch["series"][name][b][select[b]])
+            spread.append((p.std(unbiased=False) - t.std(unbiased=False)) ** 2
+                          / (sigma[b].double() + 0.1) ** 2)
+    expected = nse[name].item() + 2.0 * torch.stack(spread).mean().item()
+    assert both[name].item() == pytest.approx(expected, rel=1e-3)
+    changed = {**batch, "series": {**batch["series"], name: batch["series"][name].clone()}}
+    changed["series"][name][~select] = 50.0
+    again = mmmae_loss(out, changed, {}, nse_star_series={name: (stats, sigma)},
+                       variability={name: 2.0})
+    assert again[name].item() == pytest.approx(both[name].item())

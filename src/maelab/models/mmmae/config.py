@@ -96,10 +96,14 @@ class LossConfig:
     norm_pix_loss: bool = False  # grid targets normalised per patch and day
     nse_star: list[str] = field(default_factory=list)  # series scored by NSE* (physical units
     #                                                    over each catchment's training variance)
+    variability: dict[str, float] = field(default_factory=dict)  # NSE* series: weight of the
+    #                                                    spread error (KGE's α term) in its loss
 
     def __post_init__(self) -> None:
         for name, weight in self.weights.items():
             at_least(f"weights.{name}", weight, 0.0)
+        for name, weight in self.variability.items():
+            at_least(f"variability.{name}", weight, 0.0)
 
 
 @dataclass

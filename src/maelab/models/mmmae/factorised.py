@@ -438,7 +438,8 @@ class FactorisedMMMAE(nn.Module):
                 x = torch.where(seen, batch["series"][s].float(), 0.0)[..., None]  # (B, T, 1)
                 w = seen.float()[..., None]
                 num, den = antecedent(x, ANTECEDENT_DAYS), antecedent(w, ANTECEDENT_DAYS)
-                mean = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
+                # den ≥ e^(−T/3)/3 ≫ 1e-30 wherever a day was visible: the clamp only guards 0
+                mean = torch.where(den > 0, num / den.clamp_min(1e-30), 0.0)
                 parts.append(torch.cat([x, w, mean], -1))
         return torch.cat(parts, -1)
 

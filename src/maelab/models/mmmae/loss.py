@@ -41,6 +41,15 @@ def selected_mse(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor)
     return torch.where(select, (pred.float() - target) ** 2, zero).sum() / n
 
 
+def _physical(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
+              stats: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 physical values of pred and target (B, T); target 0 where not selected (NaN-free),
+    normalised values clamped so that a wild prediction cannot overflow."""
+    target = torch.where(select, target.float(), torch.zeros((), device=pred.device))
+    return (denormalise(pred.float().clamp(-NSE_STAR_CLAMP, NSE_STAR_CLAMP), stats, torch.float32),
+            denormalise(target.clamp(-NSE_STAR_CLAMP, NSE_STAR_CLAMP), stats, torch.float32))
+
+
 def nse_star(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
              stats: Mapping[str, Any], sigma: torch.Tensor) -> torch.Tensor | None:
     """Mean over the `select`ed days of (pred − target)² / (σ + ε)² in physical units:
@@ -49,20 +58,36 @@ def nse_star(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
     n = int(select.sum())
     if n == 0:
         return None
-    zero = torch.zeros((), device=pred.device)
-    target = torch.where(select, target.float(), zero)
-    scale = (sigma.float()[:, None] + NSE_STAR_EPS) ** 2  # (B, 1)
-    # float32 physical values; normalised predictions clamped so that a wild one cannot overflow
-    phys_pred = denormalise(pred.float().clamp(-NSE_STAR_CLAMP, NSE_STAR_CLAMP), stats, torch.float32)
-    phys_target = denormalise(target.clamp(-NSE_STAR_CLAMP, NSE_STAR_CLAMP), stats, torch.float32)
-    err = (phys_pred - phys_target) ** 2 / scale
-    return torch.where(select, err, zero).sum() / n
+    phys_pred, phys_target = _physical(pred, target, select, stats)
+    err = (phys_pred - phys_target) ** 2 / (sigma.float()[:, None] + NSE_STAR_EPS) ** 2
+    return torch.where(select, err, torch.zeros((), device=pred.device)).sum() / n
+
+
+def variability_error(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
+                      stats: Mapping[str, Any], sigma: torch.Tensor) -> torch.Tensor | None:
+    """Mean over windows of (s_pred − s_obs)² / (σ + ε)²: s the spread (std) of each window's
+    `select`ed days in physical units (KGE's variability term, in NSE*'s scale); windows with
+    fewer than 2 selected days are left out. None when no window has 2."""
+    n = select.sum(1)  # (B,)
+    keep = n >= 2
+    if not bool(keep.any()):
+        return None
+    phys_pred, phys_target = _physical(pred, target, select, stats)
+    v, count = select.float(), n.clamp_min(1).float()
+
+    def spread(x: torch.Tensor) -> torch.Tensor:  # (B, T) → (B,)
+        mean = (x * v).sum(1) / count
+        return ((((x - mean[:, None]) * v) ** 2).sum(1) / count + EPS).sqrt()
+
+    err = (spread(phys_pred) - spread(phys_target)) ** 2 / (sigma.float() + NSE_STAR_EPS) ** 2
+    return err[keep].mean()
 
 
 def mmmae_loss(
     out: Mapping[str, Any], batch: Mapping[str, Any], weights: Mapping[str, float],
     norm_pix_loss: bool = False,
     nse_star_series: Mapping[str, tuple[Mapping[str, Any], torch.Tensor]] | None = None,
+    variability: Mapping[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """{"loss", <modality>: MSE} on hidden & valid positions (grids: land cells with finite
     values; series: finite days). `loss` = weighted mean of the modality losses present in the
@@ -70,7 +95,8 @@ def mmmae_loss(
     `norm_pix_loss`: grid targets normalised per patch and day over its valid cells (MAE).
     Grid predictions are (B, T, P, p²), or (B, T, h, p²) at the patches `out["grid_slots"]`.
     `nse_star_series`: {series: (its normalisation stats, σ (B,) of each window's catchment)}:
-    those series are scored by NSE* instead of the normalised MSE.
+    those series are scored by NSE* instead of the normalised MSE. `variability`: {NSE* series:
+    weight} adds that weight × `variability_error` to the series' loss.
     """
     parts: dict[str, torch.Tensor] = {}
     for g, pred in out["grids"].items():
@@ -92,6 +118,11 @@ def mmmae_loss(
         select = out["series_hidden"][s] & batch["series_valid"][s]
         if nse_star_series and s in nse_star_series:
             mse = nse_star(pred, batch["series"][s], select, *nse_star_series[s])
+            weight = float((variability or {}).get(s, 0.0))
+            spread = variability_error(pred, batch["series"][s], select, *nse_star_series[s]) \
+                if weight and mse is not None else None
+            if spread is not None:
+                mse = mse + weight * spread
         else:
             mse = selected_mse(pred, batch["series"][s], select)
         if mse is not None:

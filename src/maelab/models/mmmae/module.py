@@ -56,6 +56,12 @@ class MMMAEModule(MaeModule):
                 if key not in self.info.series_names:
                     raise ConfigError(where, key,
                                       f"a list of series: {', '.join(self.info.series_names)}")
+        nse_star_names = list(loss.get("nse_star") or [])
+        for key in loss.get("variability") or {}:
+            if key not in nse_star_names:
+                raise ConfigError(f"model.loss.variability.{key}", loss["variability"][key],
+                                  "weights keyed by series scored by NSE* (model.loss.nse_star: "
+                                  f"{', '.join(nse_star_names) or 'none'})")
         target = evaluation.get("cross_modal")
         if target is not None and target not in self.info.series_names:
             raise ConfigError("model.evaluation.cross_modal", target,
@@ -119,7 +125,7 @@ class MMMAEModule(MaeModule):
         out = self(batch, decode)
         lw = self.hparams.loss
         parts = mmmae_loss(out, batch, lw.get("weights") or {}, bool(lw.get("norm_pix_loss")),
-                           self._nse_star_series(batch))
+                           self._nse_star_series(batch), lw.get("variability") or {})
         loss = parts["loss"]
         b = batch["static"].shape[0]
         self.log(f"{stage}/loss", parts.pop("loss"), on_step=stage == "train", on_epoch=True,
