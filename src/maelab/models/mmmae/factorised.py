@@ -438,8 +438,8 @@ class FactorisedMMMAE(nn.Module):
                 x = torch.where(seen, batch["series"][s].float(), 0.0)[..., None]  # (B, T, 1)
                 w = seen.float()[..., None]
                 num, den = antecedent(x, ANTECEDENT_DAYS), antecedent(w, ANTECEDENT_DAYS)
-                # den ≥ e^(−T/3)/3 ≫ 1e-30 wherever a day was visible: the clamp only guards 0
-                mean = torch.where(den > 0, num / den.clamp_min(1e-30), 0.0)
+                seen_before = den > 0  # some visible day up to t
+                mean = torch.where(seen_before, num / torch.where(seen_before, den, 1.0), 0.0)
                 parts.append(torch.cat([x, w, mean], -1))
         return torch.cat(parts, -1)
 
