@@ -26,8 +26,9 @@ def test_train_fast_writes_metrics_and_checkpoints(tiny_train_cfg, strategy):
     assert Path(out, ".hydra", "config.yaml").exists()
 
 
-def test_evaluate_reproduces_training_metrics(tiny_train_cfg, tmp_path):
-    cfg = tiny_train_cfg("masking=patch", name="run")
+@pytest.mark.parametrize("reduce", ["max", "mahalanobis"])
+def test_evaluate_reproduces_training_metrics(tiny_train_cfg, tmp_path, reduce):
+    cfg = tiny_train_cfg("masking=patch", f"scoring.reduce={reduce}", name="run")
     metrics, _ = train(cfg)
     ckpt = metrics["checkpoint"]
     again = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}"]))
@@ -39,11 +40,14 @@ def test_evaluate_reproduces_training_metrics(tiny_train_cfg, tmp_path):
     assert (tmp_path / "run" / "eval" / "figures" / "roc_pr.png").stat().st_size > 0
 
 
-def test_evaluate_split_val_scores_the_validation_windows(tiny_train_cfg, tmp_path, caplog):
+@pytest.mark.parametrize("reduce", ["max", "mahalanobis"])
+def test_evaluate_split_val_scores_the_validation_windows(tiny_train_cfg, tmp_path, caplog,
+                                                          reduce):
     """`split=val` runs the validation windows through the test code: its AUROCs are the ones
-    calibration logged for the auto choice, and it writes to <run>/eval_val/."""
+    calibration logged for the auto choice (cross-fitted with `mahalanobis`), and it writes to
+    <run>/eval_val/."""
     with caplog.at_level("INFO"):  # calibration logs the validation AUROCs
-        metrics, _ = train(tiny_train_cfg("masking=patch", name="run"))
+        metrics, _ = train(tiny_train_cfg("masking=patch", f"scoring.reduce={reduce}", name="run"))
     val = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "split=val"]))
     assert val["split"] == "val" and metrics["split"] == "test"
     line = next(r.getMessage() for r in caplog.records if "score=auto" in r.getMessage())
@@ -110,3 +114,24 @@ def test_other_loggers_run_offline(tiny_train_cfg, tmp_path, logger):
     written = [p.name for p in (tmp_path / "run").rglob("*")]
     marker = {"tensorboard": "events.out.tfevents", "wandb": ".wandb"}[logger]
     assert any(marker in name for name in written), written
+
+
+def test_mahalanobis_whitening_travels_in_the_checkpoint(tiny_train_cfg, tmp_path):
+    """`scoring.reduce=mahalanobis`: calibration stores the whitening of the scored region's
+    residuals (mask_last_n × features long) in the checkpoint; a checkpoint evaluated with
+    another reduction is recalibrated, and one calibrated without whitening loads with it."""
+    import torch
+
+    metrics, _ = train(tiny_train_cfg("masking=patch", "scoring.reduce=mahalanobis", name="run"))
+    state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert state["cal_resid_mean"].shape == (2, 10 * 5)
+    assert state["cal_resid_precision"].shape == (2, 50, 50)
+    assert torch.isfinite(state["cal_resid_precision"]).all()
+    assert not torch.equal(state["cal_resid_precision"][0], state["cal_resid_precision"][1])
+    as_max = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",
+                                               "scoring.reduce=max"]))
+    assert as_max["reduce"] == "max" and as_max["test"] != metrics["test"]
+    plain, _ = train(tiny_train_cfg("masking=patch", name="plain"))
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={plain['checkpoint']}",
+                                              "scoring.reduce=mahalanobis"]))
+    assert again["reduce"] == "mahalanobis" and 0.0 <= again["primary"]["auroc"] <= 1.0

@@ -364,3 +364,24 @@ def test_training_labels_switch_on_the_anomaly_term(tmp_path: Path) -> None:
         anomaly_term[flag] = log["train/disc_anomaly"].dropna().to_numpy()
     assert len(anomaly_term["true"]) and (anomaly_term["true"] > 0).all()
     np.testing.assert_array_equal(anomaly_term["false"], 0.0)
+
+
+def test_point_level_mahalanobis_whitens_each_step(tmp_path: Path) -> None:
+    """`scoring.reduce=mahalanobis` at point level: each step's residuals (F values) against the
+    validation steps'; the calibration holds an F × F whitening, and evaluate.py reproduces."""
+    from maelab.pipeline import evaluate
+
+    root = write_npy(tmp_path / "data", {"machine-1-1": _synthetic(0)})
+    cfg = compose_cfg("train", [
+        "experiment=smd", f"data.root={root}", "data.machine=1-1", "debug=fast", "logger=csv",
+        "callbacks.progress_bar=null", "data.seq_length=20", "patch_size=5", "mask_last_n=5",
+        "data.batch_size=64", "model.net.d_model=32", "model.net.encoder_depth=1",
+        "model.net.teacher_depth=2", "scoring.reduce=mahalanobis",
+    ], tmp_path / "run")
+    metrics, _ = train(cfg)
+    state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert state["cal_resid_precision"].shape == (2, 6, 6)
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}"]))
+    assert metrics["level"] == "point" and again["reduce"] == "mahalanobis"
+    for key in ("auroc", "vus_pr"):
+        assert again["primary"][key] == pytest.approx(metrics["primary"][key], abs=1e-9)

@@ -272,6 +272,7 @@ def evaluate_checkpoint(
         if split == "val":  # the validation windows through the test loop
             dm.setup("validate")
             dm.test_dataloader = dm.val_dataloader
+    module.test_split = split
     with PHASES.phase("test"):
         trainer.test(module, datamodule=dm, verbose=False)
     metrics = {"model": module.name, "checkpoint": str(ckpt_path), "split": split,

@@ -9,6 +9,8 @@ The pipeline calls only what is defined here (besides Lightning's own hooks):
     summary()                          after `trainer.test`: JSON-able dict with a `test` table
                                        {row: {metric: value}} (printed and written to metrics.json)
     write_figures(datamodule, out_dir) PNGs of the test results; returns {name: Figure}
+    test_split                         "test", or "val" while `evaluate.py split=val` runs the
+                                       validation windows through the test code
 
 and it owns what every model shares: the optimiser (`configure_optimizers`: AdamW without decay
 on biases, norms and tokens, linear warm-up then cosine decay, lr scaled by the effective batch;
@@ -38,6 +40,7 @@ class MaeModule(L.LightningModule):
     """Base of the models' LightningModules (see the module docstring)."""
 
     name: ClassVar[str] = ""
+    test_split: str = "test"  # the split `trainer.test` scores (set by the pipeline)
 
     def __init__(self, optim: Mapping[str, Any], data_info: Mapping[str, Any], seed: int = 0,
                  run_config: Mapping[str, Any] | None = None) -> None:

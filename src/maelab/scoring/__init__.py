@@ -1,5 +1,11 @@
 """Anomaly scores, normalisation, thresholds and metrics (pure functions, no Lightning)."""
 
+from maelab.scoring.mahalanobis import (
+    Whitening,
+    cross_fitted_mahalanobis,
+    fit_whitening,
+    mahalanobis,
+)
 from maelab.scoring.metrics import detection_metrics, point_adjust
 from maelab.scoring.normalization import (
     NormalStats,
@@ -24,10 +30,14 @@ from maelab.scoring.vus import range_pr_auc, soft_labels, vus_pr
 __all__ = [
     "THRESHOLD_METHODS",
     "NormalStats",
+    "Whitening",
     "assemble_point_scores",
+    "cross_fitted_mahalanobis",
     "detection_metrics",
     "f1_optimal_threshold",
     "fit_normal_stats",
+    "fit_whitening",
+    "mahalanobis",
     "percentile_threshold",
     "point_adjust",
     "predict",

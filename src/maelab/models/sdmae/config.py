@@ -35,7 +35,7 @@ MARGIN_MODES = ("absolute", "relative")
 RECON_REDUCTIONS = ("mean", "feature_sum")
 LABEL_SCOPES = ("scored", "window")
 INFERENCE_MODES = ("last_n", "all_positions", "last_n_by_feature")
-REDUCTIONS = ("mean", "max")
+REDUCTIONS = ("mean", "max", "mahalanobis")
 
 
 @dataclass
@@ -132,6 +132,7 @@ class ScoringConfig:
     #                            | the last n steps of one feature at a time (last_n_by_feature)
     passes: int = 3  # all_positions: block b is hidden in pass b mod passes
     reduce: str = "mean"  # a window's score: mean | max of the scored values (steps × features)
+    #                       | mahalanobis (of the signed residuals, from validation normals)
 
     def __post_init__(self) -> None:
         one_of("score", self.score, SCORES)

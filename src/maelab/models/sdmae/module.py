@@ -24,9 +24,13 @@ from maelab.models.sdmae.masking import (
 )
 from maelab.models.sdmae.model import SDMAE
 from maelab.scoring import (
+    Whitening,
     assemble_point_scores,
+    cross_fitted_mahalanobis,
     detection_metrics,
     fit_normal_stats,
+    fit_whitening,
+    mahalanobis,
     select_threshold,
     to_unit_interval,
     vus_pr,
@@ -50,6 +54,10 @@ class SDMAEModule(MaeModule):
     hides every block of `mask_last_n` steps once, in `passes` batched passes, so every step gets
     its scores while hidden; `last_n_by_feature` (cell masks) hides the last steps of one feature
     per batched pass, the others visible, so each feature is scored from its peers.
+    `reduce: mahalanobis` scores the signed residuals (teacher − input, teacher − student) of a
+    window's scored region (steps × features; of each step at point level) by their squared
+    Mahalanobis distance from those of validation normals (Ledoit-Wolf covariance); validation's
+    own distances are cross-fitted (`maelab.scoring.mahalanobis`).
     Labels (`scoring.label_scope`): a window is anomalous when an anomaly overlaps its scored
     region (`scored`) or lies anywhere in it (`window`).
     Calibration on validation lives in buffers, so it travels inside the checkpoint: score
@@ -85,6 +93,11 @@ class SDMAEModule(MaeModule):
         self.register_buffer("cal_weight", torch.tensor(0.5, dtype=torch.float64))
         self.register_buffer("cal_score", torch.tensor(-1))  # SCORE_TYPES index chosen by `auto`
         self.register_buffer("cal_signature", torch.tensor(-1))  # scoring settings calibrated for
+        # reduce=mahalanobis: mean (2, D) and precision (2, D, D) of validation-normal residual
+        # vectors of (discrepancy, reconstruction); D is set by the scoring settings at calibration
+        self.register_buffer("cal_resid_mean", torch.zeros(2, 0, dtype=torch.float64))
+        self.register_buffer("cal_resid_precision", torch.zeros(2, 0, 0, dtype=torch.float64))
+        self._whitening: dict[str, Whitening] = {}  # fitted by the last validation epoch
         self._calibrating = False
         self._collected: list[dict[str, torch.Tensor]] = []
         self._train_sums: dict[str, torch.Tensor] = {}  # per-epoch Σ batch × loss part
@@ -140,17 +153,23 @@ class SDMAEModule(MaeModule):
         merged = {k: (out[k].reshape(p, b, t, f) * hidden).sum(0) for k in self.net.decoders}
         return merged | {"hidden": hidden.any(0)}
 
-    def step_scores(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Squared errors of the scored values {name: (B, S, F)} (S = T with `all_positions`,
+    def step_residuals(self, x: torch.Tensor
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Signed residuals of the scored values {name: (B, S, F)} (S = T with `all_positions`,
         else mask_last_n) and the model output of `infer`."""
         out = self.infer(x)
         steps = slice(None) if self.hparams.scoring["inference"] == "all_positions" \
             else slice(-self.mask_last_n, None)
         recon_source = out["teacher"] if "teacher" in out else out["student"]
-        scores = {"reconstruction": (recon_source - x)[:, steps] ** 2}  # (B, S, F)
+        residuals = {"reconstruction": (recon_source - x)[:, steps]}  # (B, S, F)
         if "discrepancy" in self.available:
-            scores["discrepancy"] = (out["teacher"] - out["student"])[:, steps] ** 2
-        return scores, out
+            residuals["discrepancy"] = (out["teacher"] - out["student"])[:, steps]
+        return residuals, out
+
+    def step_scores(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Squared errors of the scored values {name: (B, S, F)} and the output of `infer`."""
+        residuals, out = self.step_residuals(x)
+        return {k: v ** 2 for k, v in residuals.items()}, out
 
     # ---- training -----------------------------------------------------------------------
     def _loss(self, batch: SeriesBatch, noise: KeyedNoise) -> dict[str, torch.Tensor]:
@@ -198,8 +217,10 @@ class SDMAEModule(MaeModule):
 
     # ---- validation / test: collect scores -------------------------------------------------
     def _collect(self, batch: SeriesBatch) -> dict[str, torch.Tensor]:
-        scores, out = self.step_scores(batch["x"])
-        item = {f"score/{k}": v.detach() for k, v in scores.items()}
+        residuals, out = self.step_residuals(batch["x"])
+        item = {f"score/{k}": v.detach() ** 2 for k, v in residuals.items()}
+        if self.hparams.scoring["reduce"] == "mahalanobis":
+            item |= {f"resid/{k}": v.detach() for k, v in residuals.items()}
         item |= {"point_labels": batch["point_labels"], "anomaly_type": batch["anomaly_type"],
                  "start": batch["start"], "series": batch["series"]}
         self._collected.append(item)
@@ -265,6 +286,34 @@ class SDMAEModule(MaeModule):
     def _reduce(self, v: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
         return v.amax(dim=dims) if self.hparams.scoring["reduce"] == "max" else v.mean(dim=dims)
 
+    def _mahalanobis(self, data: dict[str, torch.Tensor], region: slice) -> dict[str, torch.Tensor]:
+        """`reduce: mahalanobis` scores {name: (W,) window level | (W, S) point level}.
+
+        The residual vectors (a window's scored region, steps × features; at point level each
+        step's features) are scored against normal ones: in test with the whitening calibrated
+        on validation (buffers); validation windows (also through the test code, `split=val`)
+        cross-fitted, the whitening of all their normal vectors kept for calibration. Normal: no
+        anomalous step in the window (in the step).
+        """
+        pl, out, self._whitening = data["point_labels"], {}, {}
+        for i, name in enumerate(SCORE_TYPES[:2]):
+            if f"resid/{name}" not in data:
+                continue
+            r = data[f"resid/{name}"].double()  # (W, S, F)
+            w, s = r.shape[:2]
+            if self.info.eval_level == "point":
+                vectors, normal = r.flatten(0, 1), (pl[:, -s:] == 0).flatten()  # (W·S, F)
+            else:
+                vectors, normal = r[:, region].flatten(1), pl.amax(1) == 0  # (W, S·F)
+            if self.trainer.testing and self.test_split == "test":
+                d = mahalanobis(vectors, Whitening(self.cal_resid_mean[i].cpu(),
+                                                   self.cal_resid_precision[i].cpu()))
+            else:
+                d = cross_fitted_mahalanobis(vectors, normal)
+                self._whitening[name] = fit_whitening(vectors, normal)
+            out[name] = d.reshape(w, s) if self.info.eval_level == "point" else d
+        return out
+
     def level_scores(self, data: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Scores, labels, anomaly types and (window level) anomaly groups at the evaluation level.
 
@@ -287,10 +336,15 @@ class SDMAEModule(MaeModule):
                       "hidden_only": in_scored & ~in_context}
             if scope == "window":
                 groups["context_only"] = ~in_scored & in_context
-            return {"scores": {k: self._reduce(v[:, region], (1, 2)) for k, v in raw.items()},
+            scores = self._mahalanobis(data, region) \
+                if self.hparams.scoring["reduce"] == "mahalanobis" \
+                else {k: self._reduce(v[:, region], (1, 2)) for k, v in raw.items()}
+            return {"scores": scores,
                     "labels": labels, "types": torch.where(labels > 0, data["anomaly_type"], 0),
                     "groups": groups, "normal": pl.amax(1) == 0}
-        per_step = {k: self._reduce(v, (2,)) for k, v in raw.items()}  # (W, S)
+        per_step = self._mahalanobis(data, slice(None)) \
+            if self.hparams.scoring["reduce"] == "mahalanobis" \
+            else {k: self._reduce(v, (2,)) for k, v in raw.items()}  # (W, S)
         step_labels = pl[:, -steps:]
         if not self.trainer.testing:  # validation windows may overlap: flat per-step scores
             labels = step_labels.flatten()
@@ -394,6 +448,15 @@ class SDMAEModule(MaeModule):
                 self.cal_threshold[i] = thr
                 self.cal_percentile_rule[i] = used == "percentile"
         self.cal_score.fill_(SCORE_TYPES.index(self._choose(aurocs)))
+        if self._whitening:  # reduce=mahalanobis: resized to the scored vectors' length D
+            first = next(iter(self._whitening.values()))
+            d = first.mean.numel()
+            self.cal_resid_mean = torch.zeros(2, d, dtype=torch.float64, device=self.device)
+            self.cal_resid_precision = torch.zeros(2, d, d, dtype=torch.float64, device=self.device)
+            for i, name in enumerate(SCORE_TYPES[:2]):
+                if name in self._whitening:
+                    self.cal_resid_mean[i] = self._whitening[name].mean
+                    self.cal_resid_precision[i] = self._whitening[name].precision
         self.cal_signature.fill_(self._signature())
         thresholds = ", ".join(
             f"{k} {float(self.cal_threshold[SCORE_TYPES.index(k)]):.6g} "
@@ -404,6 +467,14 @@ class SDMAEModule(MaeModule):
         if self.hparams.scoring["score"] == "auto":
             seen = ", ".join(f"{k} {v:.4f}" for k, v in (aurocs or {}).items()) or "no labels"
             log.info("score=auto: primary score %s (validation AUROC: %s)", self.score, seen)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Take the whitening buffers at the checkpoint's size (D is set at calibration)."""
+        for key in ("cal_resid_mean", "cal_resid_precision"):
+            saved = state_dict.get(prefix + key)
+            if saved is not None:
+                setattr(self, key, torch.zeros_like(saved, device=getattr(self, key).device))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ---- pipeline interface (maelab.lit.base) -------------------------------------------------
     @property
