@@ -135,3 +135,14 @@ def test_mahalanobis_whitening_travels_in_the_checkpoint(tiny_train_cfg, tmp_pat
     again = evaluate(compose_cfg("evaluate", [f"ckpt={plain['checkpoint']}",
                                               "scoring.reduce=mahalanobis"]))
     assert again["reduce"] == "mahalanobis" and 0.0 <= again["primary"]["auroc"] <= 1.0
+
+
+def test_mahalanobis_with_too_few_normal_windows_names_the_key(tiny_train_cfg):
+    """Two validation windows cannot give a covariance in 5 folds: a ConfigError naming
+    scoring.reduce, raised by the sanity check before any training."""
+    cfg = tiny_train_cfg("masking=patch", "scoring.reduce=mahalanobis", "data.n_val=2",
+                         name="few")
+    with pytest.raises(ConfigError, match="scoring.reduce") as err:
+        train(cfg)
+    assert "normal" in str(err.value)
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))  # nothing trained

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
+from maelab.core.errors import ConfigError
 from maelab.data.contracts import SeriesBatch, SeriesInfo
 from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
@@ -309,8 +310,15 @@ class SDMAEModule(MaeModule):
                 d = mahalanobis(vectors, Whitening(self.cal_resid_mean[i].cpu(),
                                                    self.cal_resid_precision[i].cpu()))
             else:
-                d = cross_fitted_mahalanobis(vectors, normal)
-                self._whitening[name] = fit_whitening(vectors, normal)
+                try:
+                    d = cross_fitted_mahalanobis(vectors, normal)
+                    self._whitening[name] = fit_whitening(vectors, normal)
+                except ValueError as exc:  # too few normal validation vectors for a covariance
+                    raise ConfigError(
+                        "scoring.reduce", "mahalanobis",
+                        f"max or mean: {int(normal.sum())} of the {len(normal)} validation "
+                        f"vectors are normal, too few to fit a covariance in each of 5 folds "
+                        f"(more validation windows would do: {exc})") from exc
             out[name] = d.reshape(w, s) if self.info.eval_level == "point" else d
         return out
 
