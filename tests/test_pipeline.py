@@ -119,7 +119,8 @@ def test_other_loggers_run_offline(tiny_train_cfg, tmp_path, logger):
 def test_mahalanobis_whitening_travels_in_the_checkpoint(tiny_train_cfg, tmp_path):
     """`scoring.reduce=mahalanobis`: calibration stores the whitening of the scored region's
     residuals (mask_last_n × features long) in the checkpoint; a checkpoint evaluated with
-    another reduction is recalibrated, and one calibrated without whitening loads with it."""
+    another reduction is recalibrated, and one written before the whitening existed loads,
+    reproduces its table and recalibrates for it."""
     import torch
 
     metrics, _ = train(tiny_train_cfg("masking=patch", "scoring.reduce=mahalanobis", name="run"))
@@ -128,12 +129,24 @@ def test_mahalanobis_whitening_travels_in_the_checkpoint(tiny_train_cfg, tmp_pat
     assert state["cal_resid_precision"].shape == (2, 50, 50)
     assert torch.isfinite(state["cal_resid_precision"]).all()
     assert not torch.equal(state["cal_resid_precision"][0], state["cal_resid_precision"][1])
+    emptied = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
+    for key in ("cal_resid_mean", "cal_resid_precision"):  # calibrated, but its whitening lost
+        del emptied["state_dict"][key]
+    emptied_path = Path(metrics["checkpoint"]).with_name("emptied.ckpt")
+    torch.save(emptied, emptied_path)
+    assert evaluate(compose_cfg("evaluate", [f"ckpt={emptied_path}"]))["test"] == metrics["test"]
     as_max = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",
                                                "scoring.reduce=max"]))
     assert as_max["reduce"] == "max" and as_max["test"] != metrics["test"]
-    plain, _ = train(tiny_train_cfg("masking=patch", name="plain"))
-    again = evaluate(compose_cfg("evaluate", [f"ckpt={plain['checkpoint']}",
-                                              "scoring.reduce=mahalanobis"]))
+    plain, _ = train(tiny_train_cfg("masking=patch", "scoring.reduce=max", name="plain"))
+    # a checkpoint written before the whitening buffers existed still loads and reproduces
+    old = torch.load(plain["checkpoint"], map_location="cpu", weights_only=False)
+    for key in ("cal_resid_mean", "cal_resid_precision"):
+        del old["state_dict"][key]
+    old_path = Path(plain["checkpoint"]).with_name("old.ckpt")
+    torch.save(old, old_path)
+    assert evaluate(compose_cfg("evaluate", [f"ckpt={old_path}"]))["test"] == plain["test"]
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={old_path}", "scoring.reduce=mahalanobis"]))
     assert again["reduce"] == "mahalanobis" and 0.0 <= again["primary"]["auroc"] <= 1.0
 
 

@@ -477,18 +477,22 @@ class SDMAEModule(MaeModule):
             log.info("score=auto: primary score %s (validation AUROC: %s)", self.score, seen)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        """Take the whitening buffers at the checkpoint's size (D is set at calibration)."""
+        """Take the whitening buffers at the checkpoint's size (D is set at calibration); a
+        checkpoint from before they existed loads them empty (its calibration holds no
+        whitening, and `reduce: mahalanobis` recalibrates through the signature)."""
         for key in ("cal_resid_mean", "cal_resid_precision"):
-            saved = state_dict.get(prefix + key)
-            if saved is not None:
-                setattr(self, key, torch.zeros_like(saved, device=getattr(self, key).device))
+            saved = state_dict.setdefault(prefix + key, getattr(self, key).new_zeros(
+                (2,) + (0,) * (getattr(self, key).dim() - 1)))
+            setattr(self, key, torch.zeros_like(saved, device=getattr(self, key).device))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ---- pipeline interface (maelab.lit.base) -------------------------------------------------
     @property
     def calibrated(self) -> bool:
-        """Calibrated for the current scoring settings (scored region, labels, inference)."""
-        return int(self.cal_signature) == self._signature()
+        """Calibrated for the current scoring settings (scored region, labels, inference), the
+        whitening included where `reduce: mahalanobis` needs it."""
+        whitened = self.hparams.scoring["reduce"] != "mahalanobis" or self.cal_resid_mean.shape[1] > 0
+        return int(self.cal_signature) == self._signature() and whitened
 
     def calibrate(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
         """One validation pass that stores the calibration in the `cal_*` buffers."""
