@@ -51,28 +51,31 @@ def _physical(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
 
 
 def nse_star(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
-             stats: Mapping[str, Any], sigma: torch.Tensor) -> torch.Tensor | None:
+             stats: Mapping[str, Any], sigma: torch.Tensor,
+             variability: float = 0.0) -> torch.Tensor | None:
     """Mean over the `select`ed days of (pred − target)² / (σ + ε)² in physical units:
     pred, target, select (B, T); sigma (B,) the window's catchment training std. None when
-    nothing is selected."""
+    nothing is selected. `variability` > 0 adds that weight × `variability_error` of the same
+    physical values."""
     n = int(select.sum())
     if n == 0:
         return None
     phys_pred, phys_target = _physical(pred, target, select, stats)
     err = (phys_pred - phys_target) ** 2 / (sigma.float()[:, None] + NSE_STAR_EPS) ** 2
-    return torch.where(select, err, torch.zeros((), device=pred.device)).sum() / n
+    loss = torch.where(select, err, torch.zeros((), device=pred.device)).sum() / n
+    spread = variability_error(phys_pred, phys_target, select, sigma) if variability else None
+    return loss if spread is None else loss + variability * spread
 
 
-def variability_error(pred: torch.Tensor, target: torch.Tensor, select: torch.Tensor,
-                      stats: Mapping[str, Any], sigma: torch.Tensor) -> torch.Tensor | None:
+def variability_error(phys_pred: torch.Tensor, phys_target: torch.Tensor, select: torch.Tensor,
+                      sigma: torch.Tensor) -> torch.Tensor | None:
     """Mean over windows of (s_pred − s_obs)² / (σ + ε)²: s the spread (std) of each window's
-    `select`ed days in physical units (KGE's variability term, in NSE*'s scale); windows with
-    fewer than 2 selected days are left out. None when no window has 2."""
+    `select`ed days of the physical values (B, T) (KGE's variability term, in NSE*'s scale);
+    windows with fewer than 2 selected days are left out. None when no window has 2."""
     n = select.sum(1)  # (B,)
     keep = n >= 2
     if not bool(keep.any()):
         return None
-    phys_pred, phys_target = _physical(pred, target, select, stats)
     v, count = select.float(), n.clamp_min(1).float()
 
     def spread(x: torch.Tensor) -> torch.Tensor:  # (B, T) → (B,)
@@ -117,12 +120,8 @@ def mmmae_loss(
     for s, pred in out["series"].items():
         select = out["series_hidden"][s] & batch["series_valid"][s]
         if nse_star_series and s in nse_star_series:
-            mse = nse_star(pred, batch["series"][s], select, *nse_star_series[s])
-            weight = float((variability or {}).get(s, 0.0))
-            spread = variability_error(pred, batch["series"][s], select, *nse_star_series[s]) \
-                if weight and mse is not None else None
-            if spread is not None:
-                mse = mse + weight * spread
+            mse = nse_star(pred, batch["series"][s], select, *nse_star_series[s],
+                           variability=float((variability or {}).get(s, 0.0)))
         else:
             mse = selected_mse(pred, batch["series"][s], select)
         if mse is not None:

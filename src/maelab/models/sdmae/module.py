@@ -98,7 +98,7 @@ class SDMAEModule(MaeModule):
         # vectors of (discrepancy, reconstruction); D is set by the scoring settings at calibration
         self.register_buffer("cal_resid_mean", torch.zeros(2, 0, dtype=torch.float64))
         self.register_buffer("cal_resid_precision", torch.zeros(2, 0, 0, dtype=torch.float64))
-        self._whitening: dict[str, Whitening] = {}  # fitted by the last validation epoch
+        self._whitening: dict[str, Whitening] = {}  # fitted by the calibration pass
         self._calibrating = False
         self._collected: list[dict[str, torch.Tensor]] = []
         self._train_sums: dict[str, torch.Tensor] = {}  # per-epoch Σ batch × loss part
@@ -293,7 +293,7 @@ class SDMAEModule(MaeModule):
         The residual vectors (a window's scored region, steps × features; at point level each
         step's features) are scored against normal ones: in test with the whitening calibrated
         on validation (buffers); validation windows (also through the test code, `split=val`)
-        cross-fitted, the whitening of all their normal vectors kept for calibration. Normal: no
+        cross-fitted, and when calibrating the whitening of all their normal vectors kept. Normal: no
         anomalous step in the window (in the step).
         """
         pl, out, self._whitening = data["point_labels"], {}, {}
@@ -312,7 +312,8 @@ class SDMAEModule(MaeModule):
             else:
                 try:
                     d = cross_fitted_mahalanobis(vectors, normal)
-                    self._whitening[name] = fit_whitening(vectors, normal)
+                    if self._calibrating:  # the whitening the test will use
+                        self._whitening[name] = fit_whitening(vectors, normal)
                 except ValueError as exc:  # too few normal validation vectors for a covariance
                     raise ConfigError(
                         "scoring.reduce", "mahalanobis",
