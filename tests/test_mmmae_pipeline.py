@@ -96,6 +96,41 @@ def test_evaluate_reproduces_training_metrics(trained: tuple[dict, Path]) -> Non
     assert (out / "eval" / "figures" / "hydrograph.png").stat().st_size > 0
 
 
+def test_series_shrinkage_is_fitted_on_validation_and_travels_in_the_checkpoint(
+        trained: tuple[dict, Path]) -> None:
+    """The weights that pull hidden series days toward interpolation (by distance to the
+    nearest visible day) are fitted after training, recorded in the settings and saved in the
+    checkpoint; a checkpoint from before them recalibrates on validation and reproduces."""
+    metrics, out = trained
+    settings = metrics["settings"]
+    assert settings["series_shrink"] == "by_distance"
+    weights = settings["series_shrink_weights"]
+    assert weights["distance_bins_days"] == ["1", "2", "3-4", ">=5"]
+    state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)
+    saved = state["state_dict"]["cal_series_shrink"]  # (series, bins)
+    assert saved.shape == (2, 4) and ((saved >= 0) & (saved <= 1)).all()
+    for row, name in zip(saved.tolist(), ("evaporation", "riverflow"), strict=True):
+        assert row == pytest.approx(weights[name], abs=1e-4)
+    del state["state_dict"]["cal_series_shrink"]  # as written before the calibration existed
+    old = Path(metrics["checkpoint"]).with_name("old.ckpt")
+    torch.save(state, old)
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={old}"]))
+    assert again["settings"]["series_shrink_weights"] == weights
+    for row in ("riverflow / mmmae", "evaporation / mmmae", "riverflow (alone, 7-day gap) / mmmae"):
+        assert again["test"][row]["rmse"] == pytest.approx(metrics["test"][row]["rmse"], rel=1e-6)
+
+
+def test_series_shrink_none_keeps_the_model() -> None:
+    cfg = compose_cfg("train", [*SMALL, "model.calibration.series_shrink=none"])
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    assert module.calibrated and torch.isnan(module.cal_series_shrink).all()
+    out = {"series": {"riverflow": torch.zeros(2, 15)}}
+    assert module._shrunk({}, out) is out
+    fresh = build_module(compose_cfg("train", [*SMALL]), dm)
+    assert not fresh.calibrated  # by_distance: fitted on validation before any test
+
+
 def test_evaluate_split_val_tests_the_validation_windows(trained: tuple[dict, Path]) -> None:
     """split=val: the validation windows (other data than the test's: the baselines' errors
     differ), as many as the validation split has, written to eval_val/."""
@@ -126,8 +161,10 @@ def test_perfect_reconstruction_gives_nse_one_and_rmse_zero(tmp_path: Path, cach
         return out
 
     module.net.forward = oracle
-    L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).test(
-        module, datamodule=dm, verbose=False)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    module.calibrate(trainer, dm)  # a perfect model keeps its own values: every weight 1
+    assert module.cal_series_shrink.eq(1.0).all()
+    trainer.test(module, datamodule=dm, verbose=False)
     rows = module.summary()["test"]
     for g in GRID_ROWS:
         assert rows[f"{g} / mmmae"]["rmse"] == 0.0 and rows[f"{g} / mmmae"]["mae"] == 0.0
@@ -176,6 +213,7 @@ def test_only_the_tests_that_ran_are_recorded(tmp_path: Path, cache: str) -> Non
     (["model.net.d_model=30", "model.net.heads=3"], "model.net.d_model"),
     (["model.net.decoder_depth=0"], "model.net.decoder_depth"),
     (["model.loss.weights.riverflow=-1"], "model.loss.weights.riverflow"),
+    (["model.calibration.series_shrink=off"], "model.calibration.series_shrink"),
 ])
 def test_bad_configs_fail_early(overrides: list[str], key: str) -> None:
     experiment = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=hydro"]

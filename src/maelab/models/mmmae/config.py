@@ -21,6 +21,7 @@ SERIES_MODES = ("shared", "independent")
 SERIES_MASKS = ("random_days", "all", "contiguous", "visible")  # masking.series_modes values
 ATTENTIONS = ("factorised", "joint")
 HIDE_SERIES_OTHERS = ("masked", "visible")  # the other series when one is hidden whole
+SERIES_SHRINK = ("by_distance", "none")  # calibration.series_shrink values
 # the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
 GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
 SERIES_PRIORS = ("interpolation", "climatology")
@@ -126,6 +127,17 @@ class EvaluationConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Fitted on validation after training (maelab.models.mmmae.calibration)."""
+
+    series_shrink: str = "by_distance"  # by_distance: hidden series days pulled toward
+    # interpolation by a weight per distance to the nearest visible day | none: the model as is
+
+    def __post_init__(self) -> None:
+        one_of("series_shrink", self.series_shrink, SERIES_SHRINK)
+
+
+@dataclass
 class MaskingConfig:
     """Grid and series masks (conf/masking/{unified,independent}.yaml; maelab.models.mmmae.masking)."""
 
@@ -155,6 +167,7 @@ class MMMAEConfig(ModelConfig):
     loss: LossConfig = field(default_factory=LossConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     hide_series: float = 0.0  # share of training batches hiding one whole series
     hide_series_others: str = "masked"  # the other series in those batches: masked | visible
 

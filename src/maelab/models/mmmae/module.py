@@ -12,7 +12,8 @@ from maelab.core.errors import ConfigError
 from maelab.data.contracts import HydroBatch, HydroInfo
 from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
-from maelab.models.mmmae.config import MaskingConfig
+from maelab.models.mmmae.calibration import DISTANCE_BINS, fit_shrinkage, shrink_series
+from maelab.models.mmmae.config import SERIES_SHRINK, MaskingConfig
 from maelab.models.mmmae.evaluation import TestEvaluation, catchment_std, climatologies
 from maelab.models.mmmae.factorised import FactorisedMMMAE, expand_grids
 from maelab.models.mmmae.loss import mmmae_loss, nse_star, selected_mse
@@ -33,6 +34,10 @@ class MMMAEModule(MaeModule):
     `net.attention` picks the network: `factorised` (per-day tokens, day × track attention,
     baseline priors in the decoder; maelab.models.mmmae.factorised) or `joint` (one transformer
     over all visible tokens, `temporal_patch` days per grid token; maelab.models.mmmae.model).
+    Calibration (`calibration.series_shrink: by_distance`): after training, one pass over the
+    validation windows fits per series the weights that pull hidden days toward interpolation by
+    their distance to the nearest visible day (maelab.models.mmmae.calibration); they live in
+    the `cal_series_shrink` buffer, so they travel in the checkpoint, and the test applies them.
     """
 
     name = "mmmae"
@@ -40,7 +45,7 @@ class MMMAEModule(MaeModule):
     def __init__(
         self, net: dict, loss: dict, optim: dict, evaluation: dict, masking: dict, data_info: dict,
         hide_series: float = 0.0, hide_series_others: str = "masked", seed: int = 0,
-        run_config: dict | None = None,
+        run_config: dict | None = None, calibration: dict | None = None,
     ) -> None:
         super().__init__(optim, data_info, seed, run_config)
         self.info = HydroInfo(**data_info)
@@ -66,7 +71,16 @@ class MMMAEModule(MaeModule):
         if target is not None and target not in self.info.series_names:
             raise ConfigError("model.evaluation.cross_modal", target,
                               f"null or a series: {', '.join(self.info.series_names)}")
+        self.series_shrink = (calibration or {}).get("series_shrink", "by_distance")
+        if self.series_shrink not in SERIES_SHRINK:
+            raise ConfigError("model.calibration.series_shrink", self.series_shrink,
+                              " | ".join(SERIES_SHRINK))
         self.net = self._build_net(dict(net))
+        # (S, bins) shrinkage weights per series (NaN: not calibrated)
+        self.register_buffer("cal_series_shrink", torch.full(
+            (len(self.info.series_names), len(DISTANCE_BINS)), float("nan"), dtype=torch.float64))
+        self._calibrating = False
+        self._cal_collected: list[dict[str, dict[str, torch.Tensor]]] = []
         self._evaluation: TestEvaluation | None = None
         self._results: dict[str, Any] = {}
         self._climatology: dict[str, torch.Tensor] | None = None  # physical units (baselines)
@@ -182,6 +196,9 @@ class MMMAEModule(MaeModule):
 
     def validation_step(self, batch: HydroBatch, batch_idx: int) -> None:
         masked = self.masked(batch, -1)  # fixed per-window masks: comparable across epochs
+        if self._calibrating:  # the calibration pass: series reconstructions only, no logging
+            self._collect_calibration(masked)
+            return
         decode = self._decode_subset(masked, -1)
         self._step(masked, "val", decode)
         self._log_baseline_losses(masked, decode)
@@ -251,8 +268,43 @@ class MMMAEModule(MaeModule):
                 self.log(f"val/loss_{g}_neighbour_mean", mse, on_step=False, on_epoch=True,
                          batch_size=b)
 
+    # ---- calibration on validation ------------------------------------------------------------
+    def _collect_calibration(self, batch: MaskedHydroBatch) -> None:
+        out = self._predict_series(batch)["series"]
+        keep = {}
+        for s, pred in out.items():
+            present = batch["present"][s][:, None]
+            keep[s] = {"pred": pred.float().cpu(), "x": batch["series"][s].float().cpu(),
+                       "valid": (batch["series_valid"][s] & present).cpu(),
+                       "hidden": batch["series_mask"][s].cpu(), "catchment": batch["catchment"].cpu()}
+        self._cal_collected.append(keep)
+
+    def _fit_calibration(self) -> None:
+        """`cal_series_shrink` from the collected validation windows (1 where a series has none)."""
+        weights = torch.ones_like(self.cal_series_shrink)
+        for i, s in enumerate(self.info.series_names):
+            items = [c[s] for c in self._cal_collected if s in c]
+            if items:
+                cat = {k: torch.cat([it[k] for it in items]) for k in items[0]}
+                weights[i] = fit_shrinkage(cat["pred"], torch.nan_to_num(cat["x"]), cat["valid"],
+                                           cat["hidden"], cat["catchment"], self.info.stats[s])
+        self.cal_series_shrink.copy_(weights)
+
+    def _shrunk(self, batch: MaskedHydroBatch, out: dict[str, Any]) -> dict[str, Any]:
+        """`out` with its hidden series days pulled toward interpolation (`series_shrink`)."""
+        if self.series_shrink == "none":
+            return out
+        series = {s: shrink_series(pred.float(), torch.nan_to_num(batch["series"][s].float()),
+                                   batch["series_valid"][s], batch["series_mask"][s],
+                                   self.cal_series_shrink[self.info.series_names.index(s)])
+                  for s, pred in out["series"].items()}
+        return {**out, "series": series}
+
     # ---- test: reconstructions, baselines, metrics ----------------------------------------------
     def on_test_epoch_start(self) -> None:
+        if not self.calibrated:
+            raise RuntimeError("test before calibration: call calibrate(trainer, datamodule) "
+                               "first (maelab.pipeline does)")
         dm = self.trainer.datamodule
         self.use_data(dm)  # the climatology, when setup did not run
         ev = self.hparams.evaluation
@@ -262,7 +314,9 @@ class MMMAEModule(MaeModule):
                                           catchment_names=getattr(dm, "catchment_names", None))
 
     def test_step(self, batch: HydroBatch, batch_idx: int) -> None:
-        self._evaluation.add_batch(self.masked(batch, -1), self._predict, self._predict_series)
+        self._evaluation.add_batch(self.masked(batch, -1),
+                                   lambda b: self._shrunk(b, self._predict(b)),
+                                   lambda b: self._shrunk(b, self._predict_series(b)))
 
     def _predict(self, batch: MaskedHydroBatch) -> dict[str, dict[str, torch.Tensor]]:
         """Reconstructions of every hidden token, grids on all valid patches (B, T, P, p²)."""
@@ -281,11 +335,44 @@ class MMMAEModule(MaeModule):
                     "grid_reconstruction": ("de-normalised with the hidden patches' own mean/std "
                                             "(oracle, norm_pix_loss)") if norm_pix else "direct",
                     "climatology_window": int(ev["climatology_window"]),
-                    "cross_modal": ev.get("cross_modal")}
+                    "cross_modal": ev.get("cross_modal"),
+                    "series_shrink": self.series_shrink,
+                    "series_shrink_weights": None}
+        tested = [s for s in self.info.series_names if s in self._evaluation.series]
+        if self.series_shrink != "none" and tested:  # the weights of the series tested
+            settings["series_shrink_weights"] = {"distance_bins_days": ["1", "2", "3-4", ">=5"], **{
+                s: [round(w, 4) for w in self.cal_series_shrink[self.info.series_names.index(s)].tolist()]
+                for s in tested}}
         self._results = self._evaluation.results(settings)
         self._evaluation = None
 
     # ---- pipeline interface (maelab.lit.base) -------------------------------------------------
+    @property
+    def calibrated(self) -> bool:
+        """Ready to test: nothing to fit (`series_shrink: none`) or the weights fitted."""
+        return self.series_shrink == "none" or bool(self.cal_series_shrink.isfinite().all())
+
+    def calibrate(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+        """One pass over the validation windows (their fixed masks) that fits `cal_series_shrink`."""
+        if self.series_shrink == "none":
+            return
+        self._calibrating, self._cal_collected = True, []
+        try:
+            trainer.validate(self, datamodule=datamodule, verbose=False)
+            self._fit_calibration()
+        finally:
+            self._calibrating, self._cal_collected = False, []
+
+    def calibration_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k.startswith("cal_")}
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """A checkpoint from before the calibration buffer loads it unfitted (NaN): it is
+        calibrated on validation when tested."""
+        state_dict.setdefault(prefix + "cal_series_shrink", torch.full_like(self.cal_series_shrink,
+                                                                            float("nan")))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def summary(self) -> dict[str, Any]:
         """The `test` table (one row per modality and method), NSE/KGE distributions, settings."""
         return self._results["summary"]

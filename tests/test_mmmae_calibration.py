@@ -1,0 +1,127 @@
+"""Series shrinkage toward interpolation (maelab.models.mmmae.calibration): pure functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from maelab.models.mmmae.calibration import (
+    DISTANCE_BINS,
+    SHRINK_GRID,
+    days_to_visible,
+    distance_bin,
+    fit_shrinkage,
+    shrink_series,
+)
+from maelab.scoring.hydro_metrics import denormalise, interpolate_days
+
+LOG = {"mean": 0.3, "std": 0.8, "log": True}
+
+
+def _windows(n: int = 24, t: int = 30, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, t, generator=g, dtype=torch.float64).cumsum(1) * 0.3  # normalised
+    hidden = torch.rand(n, t, generator=g) < 0.75
+    hidden[0] = True  # a window with no visible day
+    valid = torch.rand(n, t, generator=g) > 0.05
+    return {"x": x, "hidden": hidden, "valid": valid,
+            "catchment": torch.arange(n) % 4}
+
+
+def test_days_to_visible_matches_a_brute_force_count() -> None:
+    w = _windows()
+    known = w["valid"] & ~w["hidden"]
+    got = days_to_visible(known)
+    t = known.shape[1]
+    for i in range(known.shape[0]):
+        days = np.flatnonzero(known[i].numpy())
+        for d in range(t):
+            want = np.abs(days - d).min() if len(days) else t
+            assert int(got[i, d]) == want, (i, d)
+
+
+def test_distance_bins_are_1_2_3to4_and_5_or_more() -> None:
+    assert DISTANCE_BINS == (1, 2, 3, 5)
+    got = distance_bin(torch.tensor([0, 1, 2, 3, 4, 5, 9, 90]))
+    assert got.tolist() == [0, 0, 1, 2, 2, 3, 3, 3]
+
+
+def test_shrink_weights_one_keep_the_model_and_zero_give_interpolation() -> None:
+    w = _windows()
+    pred = w["x"] + torch.randn_like(w["x"])
+    known = w["valid"] & ~w["hidden"]
+    prior = interpolate_days(w["x"], known)
+    keep = shrink_series(pred, w["x"], w["valid"], w["hidden"], torch.ones(4, dtype=torch.float64))
+    assert torch.equal(keep, pred)
+    flat = shrink_series(pred, w["x"], w["valid"], w["hidden"], torch.zeros(4, dtype=torch.float64))
+    some_visible = known.any(1, keepdim=True)
+    pulled = w["hidden"] & some_visible
+    assert torch.allclose(flat[pulled], prior[pulled])
+    assert torch.equal(flat[~pulled], pred[~pulled])  # visible days, windows with none visible
+    assert torch.equal(flat[0], pred[0])
+
+
+def test_shrink_weights_act_by_distance_bin() -> None:
+    w = _windows()
+    pred = w["x"] + 1.0
+    known = w["valid"] & ~w["hidden"]
+    prior = interpolate_days(w["x"], known)
+    weights = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    out = shrink_series(pred, w["x"], w["valid"], w["hidden"], weights)
+    s = weights[distance_bin(days_to_visible(known))]
+    pulled = w["hidden"] & known.any(1, keepdim=True)
+    assert torch.allclose(out[pulled], torch.lerp(prior, pred, s)[pulled])
+
+
+@pytest.mark.parametrize("stats", [LOG, {"mean": 1.0, "std": 2.0, "log": False}])
+def test_fit_recovers_the_blend_that_reconstructs_the_truth(stats: dict) -> None:
+    """pred = prior + 2.5 (x − prior): s = 0.4 rebuilds x exactly in every bin."""
+    w = _windows()
+    known = w["valid"] & ~w["hidden"]
+    prior = interpolate_days(w["x"], known).nan_to_num()
+    pred = (prior + 2.5 * (w["x"] - prior)).float()
+    got = fit_shrinkage(pred, w["x"], w["valid"], w["hidden"], w["catchment"], stats)
+    assert got.tolist() == pytest.approx([0.4] * 4, abs=1e-9)
+
+
+def test_fit_minimises_the_mean_of_each_catchments_normalised_error() -> None:
+    """Against a brute force: for each bin, the grid value minimising Σ_c SSE_c / SST_c with
+    the other bins at 1 (SST_c over all of c's scored days, in physical units)."""
+    w = _windows(seed=3)
+    g = torch.Generator().manual_seed(1)
+    pred = (w["x"] + 0.4 * torch.randn(w["x"].shape, generator=g, dtype=torch.float64)).float()
+    got = fit_shrinkage(pred, w["x"], w["valid"], w["hidden"], w["catchment"], LOG)
+    known = w["valid"] & ~w["hidden"]
+    scored = (w["hidden"] & w["valid"] & known.any(1, keepdim=True)).numpy()
+    true = denormalise(w["x"], LOG).numpy()
+    c = w["catchment"][:, None].expand_as(w["x"]).numpy()
+
+    def objective(weights: torch.Tensor) -> float:
+        out = denormalise(shrink_series(pred.double(), w["x"], w["valid"], w["hidden"], weights),
+                          LOG).numpy()
+        total = 0.0
+        for k in np.unique(c[scored]):
+            m = scored & (c == k)
+            total += ((out[m] - true[m]) ** 2).sum() / ((true[m] - true[m].mean()) ** 2).sum()
+        return total
+
+    for b in range(len(DISTANCE_BINS)):
+        trials = []
+        for s in SHRINK_GRID:
+            weights = torch.ones(4, dtype=torch.float64)
+            weights[b] = s
+            trials.append(objective(weights))
+        assert float(got[b]) == pytest.approx(float(SHRINK_GRID[int(np.argmin(trials))])), b
+    assert ((got >= 0) & (got <= 1)).all()
+
+
+def test_fit_keeps_the_model_where_a_bin_or_the_series_has_no_scored_day() -> None:
+    w = _windows()
+    hidden = torch.zeros_like(w["hidden"])
+    hidden[:, 10] = True  # one hidden day between visible ones: only the 1-day bin is scored
+    pred = w["x"].float() + 0.5
+    got = fit_shrinkage(pred, w["x"], torch.ones_like(hidden), hidden, w["catchment"], LOG)
+    assert got.tolist()[1:] == [1.0, 1.0, 1.0] and got[0] < 1.0
+    none = fit_shrinkage(pred, w["x"], w["valid"], torch.ones_like(hidden), w["catchment"], LOG)
+    assert none.tolist() == [1.0] * 4  # every day hidden: no window to pull toward interpolation
