@@ -23,6 +23,7 @@ from maelab.models.mmmae.priors import nearest_days
 from maelab.scoring.hydro_metrics import denormalise, interpolate_days
 
 DISTANCE_BINS = (1, 2, 3, 5)  # lower edges in days: 1, 2, 3–4, ≥ 5
+DISTANCE_LABELS = ("1", "2", "3-4", ">=5")  # the bins as metrics.json names them
 SHRINK_GRID = torch.linspace(0, 1, 21, dtype=torch.float64)
 
 

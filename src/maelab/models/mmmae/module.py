@@ -12,7 +12,12 @@ from maelab.core.errors import ConfigError
 from maelab.data.contracts import HydroBatch, HydroInfo
 from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
-from maelab.models.mmmae.calibration import DISTANCE_BINS, fit_shrinkage, shrink_series
+from maelab.models.mmmae.calibration import (
+    DISTANCE_BINS,
+    DISTANCE_LABELS,
+    fit_shrinkage,
+    shrink_series,
+)
 from maelab.models.mmmae.config import SERIES_SHRINK, MaskingConfig
 from maelab.models.mmmae.evaluation import TestEvaluation, catchment_std, climatologies
 from maelab.models.mmmae.factorised import FactorisedMMMAE, expand_grids
@@ -340,7 +345,7 @@ class MMMAEModule(MaeModule):
                     "series_shrink_weights": None}
         tested = [s for s in self.info.series_names if s in self._evaluation.series]
         if self.series_shrink != "none" and tested:  # the weights of the series tested
-            settings["series_shrink_weights"] = {"distance_bins_days": ["1", "2", "3-4", ">=5"], **{
+            settings["series_shrink_weights"] = {"distance_bins_days": list(DISTANCE_LABELS), **{
                 s: [round(w, 4) for w in self.cal_series_shrink[self.info.series_names.index(s)].tolist()]
                 for s in tested}}
         self._results = self._evaluation.results(settings)
