@@ -47,6 +47,7 @@ class MaeModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()  # the subclass's __init__ arguments too
         self._train_batch_idx = 0
+        self._calibrating = False  # True during `calibration_pass`
 
     # ---- pipeline interface -------------------------------------------------------------------
     @property
@@ -60,6 +61,15 @@ class MaeModule(L.LightningModule):
     def calibration_state(self) -> dict[str, torch.Tensor]:
         """The state_dict entries `calibrate` set (the pipeline writes them into the checkpoint)."""
         return {}
+
+    def calibration_pass(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
+        """One `trainer.validate` pass over the validation split with `_calibrating` set, for a
+        `calibrate` whose validation hooks collect or fit what the test needs."""
+        self._calibrating = True
+        try:
+            trainer.validate(self, datamodule=datamodule, verbose=False)
+        finally:
+            self._calibrating = False
 
     def summary(self) -> dict[str, Any]:
         """Results of the last `trainer.test`: JSON-able, with a `test` table."""

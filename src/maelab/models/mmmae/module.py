@@ -18,7 +18,7 @@ from maelab.models.mmmae.calibration import (
     fit_shrinkage,
     shrink_series,
 )
-from maelab.models.mmmae.config import SERIES_SHRINK, MaskingConfig
+from maelab.models.mmmae.config import CalibrationConfig, MaskingConfig
 from maelab.models.mmmae.evaluation import TestEvaluation, catchment_std, climatologies
 from maelab.models.mmmae.factorised import FactorisedMMMAE, expand_grids
 from maelab.models.mmmae.loss import mmmae_loss, nse_star, selected_mse
@@ -76,15 +76,12 @@ class MMMAEModule(MaeModule):
         if target is not None and target not in self.info.series_names:
             raise ConfigError("model.evaluation.cross_modal", target,
                               f"null or a series: {', '.join(self.info.series_names)}")
-        self.series_shrink = (calibration or {}).get("series_shrink", "by_distance")
-        if self.series_shrink not in SERIES_SHRINK:
-            raise ConfigError("model.calibration.series_shrink", self.series_shrink,
-                              " | ".join(SERIES_SHRINK))
+        # the config's defaults and choices (checked again here for modules built directly)
+        self.series_shrink = CalibrationConfig(**(calibration or {})).series_shrink
         self.net = self._build_net(dict(net))
         # (S, bins) shrinkage weights per series (NaN: not calibrated)
         self.register_buffer("cal_series_shrink", torch.full(
             (len(self.info.series_names), len(DISTANCE_BINS)), float("nan"), dtype=torch.float64))
-        self._calibrating = False
         self._cal_collected: list[dict[str, dict[str, torch.Tensor]]] = []
         self._evaluation: TestEvaluation | None = None
         self._results: dict[str, Any] = {}
@@ -361,12 +358,12 @@ class MMMAEModule(MaeModule):
         """One pass over the validation windows (their fixed masks) that fits `cal_series_shrink`."""
         if self.series_shrink == "none":
             return
-        self._calibrating, self._cal_collected = True, []
+        self._cal_collected = []
         try:
-            trainer.validate(self, datamodule=datamodule, verbose=False)
+            self.calibration_pass(trainer, datamodule)
             self._fit_calibration()
         finally:
-            self._calibrating, self._cal_collected = False, []
+            self._cal_collected = []
 
     def calibration_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith("cal_")}

@@ -99,7 +99,6 @@ class SDMAEModule(MaeModule):
         self.register_buffer("cal_resid_mean", torch.zeros(2, 0, dtype=torch.float64))
         self.register_buffer("cal_resid_precision", torch.zeros(2, 0, 0, dtype=torch.float64))
         self._whitening: dict[str, Whitening] = {}  # fitted by the calibration pass
-        self._calibrating = False
         self._collected: list[dict[str, torch.Tensor]] = []
         self._train_sums: dict[str, torch.Tensor] = {}  # per-epoch Σ batch × loss part
         self._train_windows = 0
@@ -497,11 +496,7 @@ class SDMAEModule(MaeModule):
 
     def calibrate(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
         """One validation pass that stores the calibration in the `cal_*` buffers."""
-        self._calibrating = True
-        try:
-            trainer.validate(self, datamodule=datamodule, verbose=False)
-        finally:
-            self._calibrating = False
+        self.calibration_pass(trainer, datamodule)
 
     def calibration_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if k.startswith("cal_")}
