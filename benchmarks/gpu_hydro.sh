@@ -46,13 +46,12 @@ end=$(date +%s)
 {
   echo "wall time $((end - start)) s"
   "$PYTHON" - "$OUT/run" <<'EOF'
-import csv, json, pathlib, sys
+import json, pathlib, sys
 run = pathlib.Path(sys.argv[1])
 m = json.loads((run / "metrics.json").read_text())
-logged = [r for f in run.glob("csv/**/metrics.csv") for r in csv.DictReader(f.open())]
-steps = max((int(r["step"]) for r in logged if r.get("train/loss_step")), default=-1) + 1
-print(f"checkpoint tested: {m['checkpoint']}; about {steps} optimiser steps trained")
 t = json.loads((run / "timings.json").read_text())
+steps = sum(r.get("steps", 0) for r in t["records"] if r["phase"] == "train")  # every epoch's
+print(f"checkpoint tested: {m['checkpoint']}; {steps} training batches run")
 print("phases (wall s): " + ", ".join(f"{r['phase']} {r['wall']:.0f}" for r in t["records"]))
 for row, v in m["test"].items():
     cells = "  ".join(f"{k} {v[k]:.4f}" for k in ("rmse", "mae", "nse_median", "kge_median") if k in v)

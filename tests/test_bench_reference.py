@@ -161,3 +161,26 @@ def test_gpu_script_dry_run(tmp_path: Path):
     assert json.loads((tmp_path / "mfu_batch.json").read_text())["mfu"] > 0
     assert json.loads((tmp_path / "hydro_metrics.json").read_text())["model"] == "mmmae"
     assert (tmp_path / "hydro_timings.json").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_hydro_script_counts_the_batches_it_trained(tmp_path: Path):
+    """`benchmarks/gpu_hydro.sh` on the CPU at a small size: its summary gives the batches the run
+    trained (5 here: fewer than one logging interval), then the test table."""
+    small = [
+        "trainer.accelerator=cpu", "trainer.precision=32-true", "data.num_workers=0",
+        "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
+        "data.synthetic.start=2000-01-01", "data.synthetic.end=2000-04-30",
+        "data.synthetic.n_catchments=3", "data.seq_len=15",
+        "data.splits.train.start=2000-01-01", "data.splits.train.end=2000-02-29",
+        "data.splits.val.start=2000-03-01", "data.splits.val.end=2000-03-31",
+        "data.splits.test.start=2000-04-01", "data.splits.test.end=2000-04-30",
+        "model.net.d_model=16", "model.net.depth=1", "model.net.heads=2",
+        "model.net.decoder_dim=16", "model.net.decoder_depth=1", "model.net.decoder_heads=2"]
+    env = {**os.environ, "OUT": str(tmp_path), "STEPS": "100", "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1"}
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_hydro.sh"), *small], env=env,
+                   check=True, capture_output=True, cwd=ROOT)
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "checkpoint tested:" in summary and "; 5 training batches run" in summary, summary
+    assert "riverflow / mmmae" in summary

@@ -125,3 +125,15 @@ def test_fit_keeps_the_model_where_a_bin_or_the_series_has_no_scored_day() -> No
     assert got.tolist()[1:] == [1.0, 1.0, 1.0] and got[0] < 1.0
     none = fit_shrinkage(pred, w["x"], w["valid"], torch.ones_like(hidden), w["catchment"], LOG)
     assert none.tolist() == [1.0] * 4  # every day hidden: no window to pull toward interpolation
+
+
+def test_one_weight_set_per_window_matches_each_window_alone():
+    """weights (B, bins): each window shrunk by its own set, as if shrunk alone."""
+    w = _windows()
+    pred = w["x"] + torch.randn_like(w["x"])
+    sets = torch.rand(w["x"].shape[0], 4, generator=torch.Generator().manual_seed(3)).double()
+    out = shrink_series(pred, w["x"], w["valid"], w["hidden"], sets)
+    for i in range(w["x"].shape[0]):
+        one = shrink_series(pred[i:i + 1], w["x"][i:i + 1], w["valid"][i:i + 1],
+                            w["hidden"][i:i + 1], sets[i])
+        assert torch.equal(out[i:i + 1], one)

@@ -120,6 +120,53 @@ def test_series_shrinkage_is_fitted_on_validation_and_travels_in_the_checkpoint(
         assert again["test"][row]["rmse"] == pytest.approx(metrics["test"][row]["rmse"], rel=1e-6)
 
 
+def test_evaluate_switches_the_series_calibration(trained: tuple[dict, Path]) -> None:
+    """`calibration.series_shrink=none` at evaluation tests the model's own series (the
+    checkpoint's weights untouched); `by_distance` gives the training's table back."""
+    metrics, _ = trained
+    ckpt = metrics["checkpoint"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["cal_series_shrink"]
+    raw = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_shrink=none"]))
+    assert raw["settings"]["series_shrink"] == "none" and raw["settings"]["series_shrink_weights"] is None
+    after = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["cal_series_shrink"]
+    assert torch.equal(saved, after)
+    row = "riverflow / mmmae"
+    assert raw["test"][row]["rmse"] != pytest.approx(metrics["test"][row]["rmse"], rel=1e-9)
+    for base in ("riverflow / interpolation", "precipitation / mmmae"):  # not series-calibrated
+        assert raw["test"][base]["rmse"] == pytest.approx(metrics["test"][base]["rmse"], rel=1e-6)
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_shrink=by_distance"]))
+    assert again["test"][row]["rmse"] == pytest.approx(metrics["test"][row]["rmse"], rel=1e-6)
+    with pytest.raises(ConfigError, match="model.calibration.series_shrink"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_shrink=off"]))
+
+
+def test_validation_windows_get_the_other_folds_weights() -> None:
+    """Under split=val a window is shrunk by the weights fitted on the catchments of the other
+    parity: here those fitted on the even catchments are 0 (interpolation) and on the odd ones 1
+    (the model), so the even catchment keeps the model and the odd one gets interpolation."""
+    dm = build_datamodule(compose_cfg("train", [*SMALL]))
+    module = build_module(compose_cfg("train", [*SMALL]), dm)
+    s = len(module.info.series_names)
+    module._cal_fold_shrink = torch.stack([torch.zeros(s, 4), torch.ones(s, 4)]).double()
+    module.cal_series_shrink.fill_(0.5)  # the weights of the test split: not used here
+    x = torch.linspace(0, 1, 15).repeat(2, 1)  # (B, T) normalised riverflow
+    hidden = torch.ones(2, 15, dtype=torch.bool)
+    hidden[:, [0, 7, 14]] = False
+    valid = torch.ones(2, 15, dtype=torch.bool)
+    model = torch.full((2, 15), 5.0)
+    batch = {"series": {"riverflow": x}, "series_valid": {"riverflow": valid},
+             "series_mask": {"riverflow": hidden}, "catchment": torch.tensor([0, 1])}
+    module.test_split = "val"
+    out = module._shrunk(batch, {"series": {"riverflow": model}})["series"]["riverflow"]
+    assert torch.equal(out[0], model[0])  # even catchment: weights fitted on the odd ones (1)
+    h = hidden[1]
+    assert torch.allclose(out[1, h], x[1, h])  # odd catchment: fitted on the even ones (0)
+    assert torch.equal(out[1, ~h], model[1, ~h])  # visible days: as the model gave them
+    module.test_split = "test"
+    out = module._shrunk(batch, {"series": {"riverflow": model}})["series"]["riverflow"]
+    assert torch.allclose(out[:, hidden[0]], 0.5 * (x + model)[:, hidden[0]])
+
+
 def test_series_shrink_none_keeps_the_model() -> None:
     cfg = compose_cfg("train", [*SMALL, "model.calibration.series_shrink=none"])
     dm = build_datamodule(cfg)
@@ -137,6 +184,11 @@ def test_evaluate_split_val_tests_the_validation_windows(trained: tuple[dict, Pa
     metrics, out = trained
     val = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "split=val"]))
     assert val["split"] == "val" and (out / "eval_val" / "metrics.json").exists()
+    folds = val["settings"]["series_shrink_validation"]  # its series rows are out of sample
+    assert "cross-fitted by catchment" in folds["rule"]
+    assert set(folds["fitted_on_even"]) == set(folds["fitted_on_odd"]) == {
+        "distance_bins_days", "evaporation", "riverflow"}
+    assert "series_shrink_validation" not in metrics["settings"]
     dm = build_datamodule(compose_cfg("train", [*SMALL]), stage="fit")
     dm.setup("fit")
     hidden = round(0.75 * 15)  # series days hidden per window

@@ -69,6 +69,13 @@ def test_evaluate_overrides_score_and_scored_region(tiny_train_cfg, tmp_path):
         evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "mask_last_n=100"]))
 
 
+def test_evaluate_refuses_a_series_calibration_for_sdmae(tiny_train_cfg, tmp_path):
+    metrics, _ = train(tiny_train_cfg("masking=patch", name="run"))
+    with pytest.raises(ConfigError, match="calibration.series_shrink.*only MM-MAE"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",
+                                          "calibration.series_shrink=none"]))
+
+
 def test_evaluate_refuses_checkpoint_of_another_model(tiny_train_cfg, tmp_path):
     metrics, _ = train(tiny_train_cfg(name="run"))
     run_cfg = tmp_path / "run" / ".hydra" / "config.yaml"

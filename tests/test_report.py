@@ -73,7 +73,7 @@ def test_collect_jobs_one_row_per_job_with_status(sweep):
     assert jobs.loc[5, "error"] == "ConfigError: invalid config `x=1` (validation.py:10 in check)"
     assert "no status.json" in jobs.loc[6, "error"]
     assert math.isnan(jobs.loc[5, "test_auroc"])
-    assert jobs.loc[0, "best_val_auroc"] == pytest.approx(0.7)
+    assert jobs.loc[0, "best_val_metric"] == pytest.approx(0.7)
 
 
 def test_summary_mean_std_over_seeds_grouped_by_swept_keys(sweep):
@@ -121,6 +121,38 @@ def test_write_report_files_table_and_failures(sweep):
     assert "**2 of 9 jobs never started**" in md
     assert "| 5 | masking=token seed=2 | FAILED | ConfigError: invalid config `x=1`" in md
     assert "| 6 | masking=temporal seed=0 | INCOMPLETE |" in md
+
+
+def test_selection_metric_named_and_ranked_by_its_direction(tmp_path):
+    """The selection column is the jobs' `optimized_metric` (from .hydra/config.yaml): a val/loss
+    is named so and its lowest mean is the bold one."""
+    for num, (masking, value) in enumerate([("patch", 0.8), ("token", 0.6)]):
+        job = make_job(tmp_path, num, [f"masking={masking}", "seed=0"], value, {"status": "COMPLETED"})
+        (job / ".hydra" / "config.yaml").write_text(
+            "optimized_metric: val/loss\noptimized_metric_mode: min\n")
+    report = write_report(tmp_path)
+    assert list(report.jobs["val_metric_name"]) == ["val/loss"] * 2
+    header, _, patch, token = [ln for ln in report.markdown.splitlines() if ln.startswith("|")]
+    assert header.endswith("| test F1 | best val/loss |")
+    assert patch.endswith("| 0.700 |") and token.endswith("| **0.500** |")  # 0.8 − 0.1, 0.6 − 0.1
+    assert patch.startswith("| ★ | patch |")  # the ★ still ranks test AUROC
+    assert "best val/loss is the checkpoint-selection metric (lower is better)" in report.markdown
+
+
+def test_columns_without_values_are_left_out(tmp_path):
+    """MM-MAE jobs write no anomaly metrics: no empty test AUROC columns, no ★."""
+    for num, seed in enumerate((0, 1)):
+        job = make_job(tmp_path, num, ["experiment=hydro", f"seed={seed}"], None,
+                       {"status": "COMPLETED"})
+        (job / "metrics.json").write_text(json.dumps({"model": "mmmae", "optimized_metric": 0.1 + seed}))
+        (job / ".hydra" / "config.yaml").write_text(
+            "optimized_metric: val/loss\noptimized_metric_mode: min\n")
+    report = write_report(tmp_path)
+    header, _, row = [ln for ln in report.markdown.splitlines() if ln.startswith("|")]
+    assert "AUROC" not in header and "F1" not in header and header.endswith("| best val/loss |")
+    assert row.startswith("|  | all |") and row.endswith("| **0.600 ± 0.707** |")
+    assert "no job has test AUROC, test AUPRC, test F1: left out" in report.markdown
+    assert report.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_of_another_score_type(sweep):

@@ -16,7 +16,7 @@ Run directory layout:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,12 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from maelab.core.config import check_optimized_metric, load_model_config, validate_config
+from maelab.core.config import (
+    check_optimized_metric,
+    load_model_config,
+    model_config_class,
+    validate_config,
+)
 from maelab.core.errors import ConfigError, DataError
 from maelab.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, load_checkpoint
 from maelab.core.phases import PHASES
@@ -261,7 +266,7 @@ def evaluate_checkpoint(
                 {k: v for k, v in (cfg.get("callbacks") or {}).items() if k == "progress_bar"},
                 "callbacks"),
             logger=False, devices=1, num_nodes=1, strategy="auto")
-    if recalibrate or not module.calibrated:
+    if recalibrate or module.needs_calibration(split):
         with PHASES.phase("calibration"):
             module.calibrate(trainer, dm)
             if write_calibration and trainer.is_global_zero:
@@ -375,6 +380,12 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
         given = {k: v for k, v in (cfg.get(group) or {}).items() if v is not None}
         if given:
             overrides[group] = given
+    shrink = (cfg.get("calibration") or {}).get("series_shrink")
+    if shrink is not None:  # a model setting evaluation may change: the calibration is refitted
+        if "calibration" not in {f.name for f in fields(model_config_class(run_cfg.model))}:
+            raise ConfigError("calibration.series_shrink", shrink,
+                              "null: only MM-MAE checkpoints have a series calibration")
+        overrides["model.calibration.series_shrink"] = shrink
     run_cfg = OmegaConf.merge(run_cfg, {"paths": {"output_dir": str(run_dir)}})
     for key, value in overrides.items():
         replace = key == "data" and "_target_" in value  # another dataset, not a few settings

@@ -4,6 +4,8 @@ The pipeline calls only what is defined here (besides Lightning's own hooks):
 
     name                               short model name (class attribute), e.g. "sdmae"
     calibrated                         ready to test? (default True: nothing to calibrate)
+    needs_calibration(split)           run `calibrate` before testing `split`? (default: when not
+                                       `calibrated`)
     calibrate(trainer, datamodule)     fit what testing needs on validation (default: nothing)
     calibration_state()                state_dict entries `calibrate` set, saved into the checkpoint
     summary()                          after `trainer.test`: JSON-able dict with a `test` table
@@ -54,6 +56,11 @@ class MaeModule(L.LightningModule):
     def calibrated(self) -> bool:
         """Ready to test; models that calibrate on validation override this."""
         return True
+
+    def needs_calibration(self, split: str) -> bool:
+        """Run `calibrate` before testing `split` ("test" | "val")? By default only when the
+        module is not `calibrated` (a checkpoint carries its calibration)."""
+        return not self.calibrated
 
     def calibrate(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
         """Fit what testing needs on the validation split (nothing by default)."""

@@ -3,13 +3,16 @@
     python -m maelab.report <sweep dir>
 
 Every job folder (one holding `.hydra/overrides.yaml`) becomes a row of `ablation.csv`: its
-overrides, status (`status.json`, written by `maelab.report.callbacks.JobStatusCallback`), primary
-test metrics and best validation AUROC (`metrics.json`), and the error of a failed job. Jobs are
-grouped by the swept keys (override keys whose value differs between jobs) except `seed`;
-`ablation.md` and `ablation_summary.csv` give mean ± std (ddof=1) over seeds per group, the best
-group marked by mean test AUROC, and list every job that did not complete. `ablation.png` plots
-the means with std error bars. `--score reconstruction` (or discrepancy, combined) reports that
-score's test metrics instead of each run's primary one, into ablation_<score>.* files.
+overrides, status (`status.json`, written by `maelab.report.callbacks.JobStatusCallback`),
+primary test metrics, the best value of its checkpoint-selection metric (`metrics.json`; the
+run's `optimized_metric` in `.hydra/config.yaml`, e.g. val/auroc or val/loss, names the column)
+and the error of a failed job. Jobs are grouped by the swept keys (override keys whose value
+differs between jobs) except `seed`; `ablation.md` and `ablation_summary.csv` give mean ± std
+(ddof=1) over seeds per group, the best group marked by mean test AUROC, and list every job
+that did not complete. Columns no job has a value for (the anomaly metrics of MM-MAE jobs) are
+left out of the table and plot. `ablation.png` plots the means with std error bars. `--score
+reconstruction` (or discrepancy, combined) reports that score's test metrics instead of each
+run's primary one, into ablation_<score>.* files.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from omegaconf import OmegaConf
 
 from maelab.core.io import atomic_write_bytes, atomic_write_text
@@ -34,8 +38,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "test_auroc": ("test AUROC", ("primary", "auroc")),
     "test_auprc": ("test AUPRC", ("primary", "auprc")),
     "test_f1": ("test F1", ("primary", "f1")),
-    "best_val_auroc": ("best val AUROC", ("optimized_metric",)),
+    "best_val_metric": ("best val metric", ("optimized_metric",)),
 }
+SELECTION = "best_val_metric"  # its heading and direction come from the jobs' optimized_metric
 RANK_METRIC = next(iter(METRICS))
 COMPLETED = "COMPLETED"
 DEFAULT = "(default)"
@@ -88,6 +93,24 @@ def _dig(obj: Any, path: tuple[str, ...]) -> float:
     return float(obj) if isinstance(obj, (int, float)) else math.nan
 
 
+def _read_config(job_dir: Path) -> dict[str, Any]:
+    """The job's composed config (`.hydra/config.yaml`) as a dict, unresolved; {} if unreadable."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "config.yaml")) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+
+
+def selection_metric(jobs: pd.DataFrame) -> tuple[str, str | None]:
+    """(heading, "min" | "max" | None) of the selection-metric column: the completed jobs' shared
+    `optimized_metric` and its mode; a generic heading and no direction if they differ."""
+    done = jobs[jobs["status"] == COMPLETED]
+    names = set(done["val_metric_name"].dropna()) - {""}
+    modes = set(done["val_metric_mode"].dropna()) - {""}
+    heading = f"best {names.pop()}" if len(names) == 1 else METRICS[SELECTION][0]
+    return heading, (modes.pop() if len(modes) == 1 else None)
+
+
 def load_job(job_dir: Path, score: str | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """(overrides, record) of one job: status, error line, score name and the test metrics of
     `score` (None: the run's primary score)."""
@@ -105,12 +128,15 @@ def load_job(job_dir: Path, score: str | None = None) -> tuple[dict[str, str], d
     elif metrics is None:
         state, error = "NO_METRICS", "completed but wrote no metrics.json"
     metrics = metrics or {}
+    run_cfg = _read_config(job_dir)
     if score is None:
         name = metrics.get("score", "")
     else:
         name = score if score in metrics.get("test", {}) else ""
     record = {"status": state, "error": error, "score_type": name,
-              "wall_time_s": status.get("wall_time_s")}
+              "wall_time_s": status.get("wall_time_s"),
+              "val_metric_name": str(run_cfg.get("optimized_metric") or ""),
+              "val_metric_mode": str(run_cfg.get("optimized_metric_mode") or "")}
     for col, (_, path) in METRICS.items():
         record[col] = _dig(metrics, ("test", score, *path[1:]) if score and path[0] == "primary" else path)
     return overrides, record
@@ -126,7 +152,8 @@ def collect_jobs(sweep_dir: str | Path, score: str | None = None) -> tuple[pd.Da
         keys |= dict.fromkeys(overrides)
         rows.append({"job": str(job_dir.relative_to(sweep_dir)), **overrides, **record})
     override_keys = list(keys)
-    columns = ["job", *override_keys, "status", "score_type", *METRICS, "wall_time_s", "error"]
+    columns = ["job", *override_keys, "status", "score_type", *METRICS, "val_metric_name",
+               "val_metric_mode", "wall_time_s", "error"]
     jobs = pd.DataFrame(rows, columns=columns)
     jobs[override_keys] = jobs[override_keys].fillna(DEFAULT)
     return jobs, override_keys
@@ -176,6 +203,16 @@ def summarize(jobs: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:
     return summary
 
 
+def shown_metrics(summary: pd.DataFrame) -> list[str]:
+    """The METRICS columns some group has a value for (MM-MAE jobs have no anomaly metrics)."""
+    return [c for c in METRICS if summary[f"{c}_mean"].notna().any()]
+
+
+def column_headings(jobs: pd.DataFrame) -> dict[str, str]:
+    """METRICS column → heading, the selection metric named after the jobs' `optimized_metric`."""
+    return {c: h for c, (h, _) in METRICS.items()} | {SELECTION: selection_metric(jobs)[0]}
+
+
 def _fmt(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "—"
@@ -209,21 +246,39 @@ def to_markdown(jobs: pd.DataFrame, summary: pd.DataFrame, group_keys: list[str]
     if wall > 0:
         lines.append(f"Total job time {wall / 60:.1f} min.")
     lines.append("")
-    best_of = {c: summary[f"{c}_mean"].max() for c in METRICS}
+    shown = shown_metrics(summary)
+    headings = column_headings(jobs)
+    selection_mode = selection_metric(jobs)[1]
+    best_of = {}
+    for c in shown:
+        means = summary[f"{c}_mean"]
+        if c != SELECTION:
+            best_of[c] = means.max()
+        elif selection_mode is not None:  # mixed directions: nothing is "best"
+            best_of[c] = means.min() if selection_mode == "min" else means.max()
     header = ["", *(group_keys or ["group"]), "score type", "n", "failed",
-              *(h for h, _ in METRICS.values())]
+              *(headings[c] for c in shown)]
     rows = []
     for _, r in summary.iterrows():
         cells = ["★" if r["best"] else "", *(r[k] for k in group_keys or []), r["score_type"],
                  r["n"], r["failed"]]
-        for c in METRICS:
+        for c in shown:
             text = _fmt(r[f"{c}_mean"], r[f"{c}_std"])
-            cells.append(f"**{text}**" if r[f"{c}_mean"] == best_of[c] else text)
+            cells.append(f"**{text}**" if c in best_of and r[f"{c}_mean"] == best_of[c] else text)
         rows.append(cells if group_keys else [cells[0], "all", *cells[1:]])
     lines += _md_table(header, rows)
-    lines += ["", f"★ best mean {METRICS[RANK_METRIC][0]}; bold: best mean per column. "
-              "Test metrics of the score shown (F1 at the validation threshold); "
-              "best val AUROC is the checkpoint-selection metric."]
+    notes = []
+    if RANK_METRIC in shown:
+        notes.append(f"★ best mean {METRICS[RANK_METRIC][0]}; bold: best mean per column. "
+                     "Test metrics of the score shown (F1 at the validation threshold)")
+    if SELECTION in shown:
+        direction = {"min": " (lower is better)", "max": " (higher is better)"}.get(
+            selection_mode or "", "")
+        notes.append(f"{headings[SELECTION]} is the checkpoint-selection metric{direction}")
+    if len(shown) < len(METRICS):
+        left = ", ".join(METRICS[c][0] for c in METRICS if c not in shown)
+        notes.append(f"no job has {left}: left out")
+    lines += ["", "; ".join(notes) + "."]
     failed = jobs[jobs["status"] != COMPLETED]
     if len(failed):
         lines += ["", f"### Jobs that did not complete ({len(failed)})", ""]
@@ -242,8 +297,10 @@ def _group_label(row: pd.Series, group_keys: list[str]) -> str:
     return "\n".join(f"{k}={row[k]}" for k in group_keys)
 
 
-def plot_summary(summary: pd.DataFrame, group_keys: list[str], title: str) -> bytes:
-    """Grouped bars (one per metric) of the group means with std error bars, as PNG bytes."""
+def plot_summary(summary: pd.DataFrame, group_keys: list[str], title: str,
+                 headings: dict[str, str] | None = None) -> bytes:
+    """Grouped bars (one per metric that has values) of the group means with std error bars, as
+    PNG bytes; `headings`: legend labels by column (default: METRICS')."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,24 +308,27 @@ def plot_summary(summary: pd.DataFrame, group_keys: list[str], title: str) -> by
     import numpy as np
 
     labels = [_group_label(r, group_keys) + (" ★" if r["best"] else "") for _, r in summary.iterrows()]
+    headings = headings or {c: h for c, (h, _) in METRICS.items()}
+    shown = shown_metrics(summary) or list(METRICS)
     x = np.arange(len(summary))
-    width = 0.8 / len(METRICS)
+    width = 0.8 / len(shown)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(summary) + 2), 4.2))
-    for i, (col, (heading, _)) in enumerate(METRICS.items()):
+    for i, col in enumerate(shown):
         mean = summary[f"{col}_mean"].to_numpy(float)
         std = summary[f"{col}_std"].to_numpy(float)  # NaN (one seed): no error bar
-        ax.bar(x + (i - (len(METRICS) - 1) / 2) * width, np.nan_to_num(mean), width, yerr=std,
-               capsize=3, label=heading)
+        ax.bar(x + (i - (len(shown) - 1) / 2) * width, np.nan_to_num(mean), width, yerr=std,
+               capsize=3, label=headings[col])
     for xi, (_, r) in zip(x, summary.iterrows(), strict=True):
         if r["n"] == 0:
             ax.text(xi, 0.02, "all failed", ha="center", va="bottom", rotation=90, color="tab:red")
     ax.set_xticks(x, labels)
     ax.set_xlabel(", ".join(group_keys) or "all jobs")
-    ax.set_ylim(0, 1.15)
+    tops = [(summary[f"{c}_mean"] + summary[f"{c}_std"].fillna(0)).max() for c in shown]
+    ax.set_ylim(0, max([1.15, *(1.1 * t for t in tops if t == t)]))  # a loss may exceed 1
     ax.set_ylabel("mean ± std over seeds")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", ncol=len(METRICS), frameon=False)
+    ax.legend(fontsize=8, loc="upper center", ncol=len(shown), frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -296,7 +356,7 @@ def write_report(sweep_dir: str | Path, title: str | None = None, score: str | N
     atomic_write_text(paths[".csv"], jobs.to_csv(index=False))
     atomic_write_text(paths["_summary.csv"], summary.to_csv(index=False))
     atomic_write_text(paths[".md"], markdown)
-    png = plot_summary(summary, group_keys, title)
+    png = plot_summary(summary, group_keys, title, column_headings(jobs))
     atomic_write_bytes(paths[".png"], png)
     return Report(jobs, summary, group_keys, markdown, paths[".csv"], paths["_summary.csv"],
                   paths[".md"], paths[".png"])

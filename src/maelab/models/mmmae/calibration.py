@@ -45,12 +45,14 @@ def distance_bin(distance: torch.Tensor) -> torch.Tensor:
 
 def shrink_series(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,
                   weights: torch.Tensor) -> torch.Tensor:
-    """pred, x (B, T) normalised, valid / hidden (B, T) bool, weights (len(DISTANCE_BINS),) →
-    (B, T): hidden days pulled toward interpolation by their bin's weight; visible days and
-    windows with no visible valid day unchanged."""
+    """pred, x (B, T) normalised, valid / hidden (B, T) bool, weights (len(DISTANCE_BINS),), or
+    (B, len(DISTANCE_BINS)) one set per window → (B, T): hidden days pulled toward interpolation
+    by their bin's weight; visible days and windows with no visible valid day unchanged."""
     known = valid & ~hidden
     prior = interpolate_days(x, known).to(pred.dtype)  # (B, T), NaN where none known
-    s = weights.to(pred.device, pred.dtype)[distance_bin(days_to_visible(known))]  # (B, T)
+    bins = distance_bin(days_to_visible(known))  # (B, T)
+    weights = weights.to(pred.device, pred.dtype)
+    s = weights[bins] if weights.dim() == 1 else weights.gather(1, bins)  # (B, T)
     pulled = torch.lerp(prior, pred, s)  # exact at s = 0 and s = 1
     return torch.where(hidden & known.any(1, keepdim=True), pulled, pred)
 

@@ -43,6 +43,8 @@ class MMMAEModule(MaeModule):
     validation windows fits per series the weights that pull hidden days toward interpolation by
     their distance to the nearest visible day (maelab.models.mmmae.calibration); they live in
     the `cal_series_shrink` buffer, so they travel in the checkpoint, and the test applies them.
+    `evaluate.py split=val` scores the windows the weights are fitted on, so there each window
+    gets the weights fitted on the catchments of the other parity (cross-fitted by catchment).
     """
 
     name = "mmmae"
@@ -83,6 +85,8 @@ class MMMAEModule(MaeModule):
         self.register_buffer("cal_series_shrink", torch.full(
             (len(self.info.series_names), len(DISTANCE_BINS)), float("nan"), dtype=torch.float64))
         self._cal_collected: list[dict[str, dict[str, torch.Tensor]]] = []
+        # (2, S, bins): weights fitted on the even / odd catchments (split=val, not saved)
+        self._cal_fold_shrink: torch.Tensor | None = None
         self._evaluation: TestEvaluation | None = None
         self._results: dict[str, Any] = {}
         self._climatology: dict[str, torch.Tensor] | None = None  # physical units (baselines)
@@ -282,24 +286,45 @@ class MMMAEModule(MaeModule):
         self._cal_collected.append(keep)
 
     def _fit_calibration(self) -> None:
-        """`cal_series_shrink` from the collected validation windows (1 where a series has none)."""
-        weights = torch.ones_like(self.cal_series_shrink)
+        """`cal_series_shrink` from the collected validation windows (1 where a series has none),
+        and `_cal_fold_shrink`, the same fitted on the even and on the odd catchments."""
+        weights = torch.ones(3, *self.cal_series_shrink.shape, dtype=torch.float64)  # all, even, odd
         for i, s in enumerate(self.info.series_names):
             items = [c[s] for c in self._cal_collected if s in c]
-            if items:
-                cat = {k: torch.cat([it[k] for it in items]) for k in items[0]}
-                weights[i] = fit_shrinkage(cat["pred"], torch.nan_to_num(cat["x"]), cat["valid"],
-                                           cat["hidden"], cat["catchment"], self.info.stats[s])
-        self.cal_series_shrink.copy_(weights)
+            if not items:
+                continue
+            cat = {k: torch.cat([it[k] for it in items]) for k in items[0]}
+            parity = cat["catchment"] % 2
+            for j, rows in enumerate((slice(None), parity == 0, parity == 1)):
+                weights[j, i] = fit_shrinkage(cat["pred"][rows], torch.nan_to_num(cat["x"][rows]),
+                                              cat["valid"][rows], cat["hidden"][rows],
+                                              cat["catchment"][rows], self.info.stats[s])
+        self.cal_series_shrink.copy_(weights[0])
+        self._cal_fold_shrink = weights[1:]
+
+    def needs_calibration(self, split: str) -> bool:
+        """Also before `split=val`: its windows are scored with the weights of the other fold."""
+        return not self.calibrated or (split == "val" and self.series_shrink != "none")
 
     def _shrunk(self, batch: MaskedHydroBatch, out: dict[str, Any]) -> dict[str, Any]:
-        """`out` with its hidden series days pulled toward interpolation (`series_shrink`)."""
+        """`out` with its hidden series days pulled toward interpolation (`series_shrink`); on the
+        validation windows (`test_split` "val") each window by the weights fitted on the
+        catchments of the other parity."""
         if self.series_shrink == "none":
             return out
-        series = {s: shrink_series(pred.float(), torch.nan_to_num(batch["series"][s].float()),
-                                   batch["series_valid"][s], batch["series_mask"][s],
-                                   self.cal_series_shrink[self.info.series_names.index(s)])
-                  for s, pred in out["series"].items()}
+        series = {}
+        for s, pred in out["series"].items():
+            i = self.info.series_names.index(s)
+            if self.test_split == "val":
+                if self._cal_fold_shrink is None:
+                    raise RuntimeError("split=val needs the calibration pass run in this process "
+                                       "(maelab.pipeline runs it: needs_calibration)")
+                other = 1 - batch["catchment"].cpu() % 2  # (B,) the fold not holding the window
+                weights = self._cal_fold_shrink[other, i]  # (B, bins)
+            else:
+                weights = self.cal_series_shrink[i]  # (bins,)
+            series[s] = shrink_series(pred.float(), torch.nan_to_num(batch["series"][s].float()),
+                                      batch["series_valid"][s], batch["series_mask"][s], weights)
         return {**out, "series": series}
 
     # ---- test: reconstructions, baselines, metrics ----------------------------------------------
@@ -341,10 +366,20 @@ class MMMAEModule(MaeModule):
                     "series_shrink": self.series_shrink,
                     "series_shrink_weights": None}
         tested = [s for s in self.info.series_names if s in self._evaluation.series]
-        if self.series_shrink != "none" and tested:  # the weights of the series tested
-            settings["series_shrink_weights"] = {"distance_bins_days": list(DISTANCE_LABELS), **{
-                s: [round(w, 4) for w in self.cal_series_shrink[self.info.series_names.index(s)].tolist()]
+
+        def listed(weights: torch.Tensor) -> dict[str, Any]:  # (S, bins) → the tested series'
+            return {"distance_bins_days": list(DISTANCE_LABELS), **{
+                s: [round(w, 4) for w in weights[self.info.series_names.index(s)].tolist()]
                 for s in tested}}
+
+        if self.series_shrink != "none" and tested:  # the weights of the series tested
+            settings["series_shrink_weights"] = listed(self.cal_series_shrink)
+            if self.test_split == "val":  # what the rows used instead: out of sample
+                settings["series_shrink_validation"] = {
+                    "rule": "cross-fitted by catchment: a window of an odd catchment is shrunk by "
+                            "the weights fitted on the even ones, and the reverse",
+                    "fitted_on_even": listed(self._cal_fold_shrink[0]),
+                    "fitted_on_odd": listed(self._cal_fold_shrink[1])}
         self._results = self._evaluation.results(settings)
         self._evaluation = None
 

@@ -1,6 +1,7 @@
 """SD-MAE masking strategies for (B, T, F) windows. True = hidden from the encoder.
 
-Units per strategy (each hides exactly round(ratio × units) per sample):
+Units per strategy (each hides exactly round(ratio × units) per sample; `patch_feature` hides
+single-feature blocks on top, so its hidden share is above the ratio):
     patch         (B, T/p)   non-overlapping patches of p steps × all features
     token         (B, T)     single steps, scattered
     temporal      (B, T)     steps in a few contiguous spans, not aligned to any patch grid
