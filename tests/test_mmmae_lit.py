@@ -82,6 +82,27 @@ def test_hide_series_others_visible_shows_every_other_series_day() -> None:
     assert out["grid_mask"] is batch["grid_mask"]  # grids keep their masks
 
 
+def test_hide_series_others_mixed_shows_or_masks_the_others_by_a_keyed_coin() -> None:
+    """`mixed`: each cross-modal batch shows the other series on every day or keeps their masks,
+    about half each; the same batch index gives the same choice (keyed: resume-safe), and the
+    hidden series is the one `masked` would hide."""
+    batch = make_batch()
+    mixed = make_module(hide_series=1.0, hide_series_others="mixed")
+    masked = make_module(hide_series=1.0, hide_series_others="masked")
+    shown = []
+    for i in range(40):
+        out = mixed._hide_whole_series(batch, i)
+        hidden = [n for n in SERIES if out["series_mask"][n].all()]
+        assert hidden == [n for n in SERIES if masked._hide_whole_series(batch, i)["series_mask"][n].all()]
+        others = [n for n in SERIES if n != hidden[0]]
+        visible = all(not out["series_mask"][n].any() for n in others)
+        assert visible or all(torch.equal(out["series_mask"][n], batch["series_mask"][n]) for n in others)
+        again = mixed._hide_whole_series(batch, i)["series_mask"][others[0]]
+        assert torch.equal(again, out["series_mask"][others[0]])
+        shown.append(visible)
+    assert 10 <= sum(shown) <= 30
+
+
 @pytest.mark.parametrize(("kw", "key"), [
     ({"loss": {"weights": {"snow": 1.0}}}, "model.loss.weights.snow"),
     ({"evaluation": {"climatology_window": 31, "cross_modal": "precipitation"}},

@@ -20,7 +20,7 @@ STRATEGIES = ("unified", "independent")
 SERIES_MODES = ("shared", "independent")
 SERIES_MASKS = ("random_days", "all", "contiguous", "visible")  # masking.series_modes values
 ATTENTIONS = ("factorised", "joint")
-HIDE_SERIES_OTHERS = ("masked", "visible")  # the other series when one is hidden whole
+HIDE_SERIES_OTHERS = ("masked", "visible", "mixed")  # the other series when one is hidden whole
 SERIES_SHRINK = ("by_distance", "none")  # calibration.series_shrink values
 # the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
 GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
@@ -169,7 +169,7 @@ class MMMAEConfig(ModelConfig):
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     hide_series: float = 0.0  # share of training batches hiding one whole series
-    hide_series_others: str = "masked"  # the other series in those batches: masked | visible
+    hide_series_others: str = "masked"  # the other series in those batches: masked | visible | mixed
 
     def __post_init__(self) -> None:
         in_range("hide_series", self.hide_series, 0.0, 1.0)

@@ -28,6 +28,7 @@ from maelab.models.mmmae.priors import doy_index, grid_priors, normalise, normal
 from maelab.scoring.hydro_metrics import interpolate_days
 
 _HIDE_SERIES_STREAM = -2  # keys the whole-series hiding noise apart from the masks' streams
+_HIDE_OTHERS_STREAM = -3  # keys `hide_series_others=mixed`'s coin
 _DECODE_STREAM = -3  # keys the training subset of decoded grid tokens
 
 
@@ -183,9 +184,10 @@ class MMMAEModule(MaeModule):
     def _hide_whole_series(self, batch: MaskedHydroBatch, batch_idx: int) -> MaskedHydroBatch:
         """With probability `hide_series`, one present series is hidden on every day of the
         batch (cross-modal training: it must come from the other modalities). The other series
-        keep their masks (`hide_series_others=masked`) or are shown on every day (`visible`: the
-        series is simulated from complete forcings, as in the `alone` test). The draw is keyed
-        by (epoch, batch, rank): reproducible on resume."""
+        keep their masks (`hide_series_others=masked`), are shown on every day (`visible`: the
+        series is simulated from complete forcings, as in the `alone` test), or either with
+        probability 1/2 (`mixed`). The draws are keyed by (epoch, batch, rank): reproducible on
+        resume."""
         names = [s for s in self.net.series_names if bool(batch["present"][s].any())]
         if float(self.hparams.hide_series) <= 0 or not names:
             return batch
@@ -195,7 +197,12 @@ class MMMAEModule(MaeModule):
             return batch
         s = names[min(int(float(u[1]) * len(names)), len(names) - 1)]
         masks = dict(batch["series_mask"])
-        if self.hparams.hide_series_others == "visible":
+        others = self.hparams.hide_series_others
+        if others == "mixed":
+            coin = KeyedNoise(self.hparams.seed, *(torch.tensor([k]) for k in (
+                _HIDE_OTHERS_STREAM, *keys[1:]))).uniform((1, 1))
+            others = "visible" if float(coin) < 0.5 else "masked"
+        if others == "visible":
             masks = {k: torch.zeros_like(m) for k, m in masks.items()}
         masks[s] = torch.ones_like(batch["series_mask"][s])
         return {**batch, "series_mask": masks}
