@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+import maelab.models.mmmae.module as module_lib
 from maelab.core.errors import ConfigError
 from maelab.data.contracts import HydroInfo
 from maelab.models.mmmae.loss import mmmae_loss
@@ -101,6 +102,8 @@ def test_hide_series_others_mixed_shows_or_masks_the_others_by_a_keyed_coin() ->
         assert torch.equal(again, out["series_mask"][others[0]])
         shown.append(visible)
     assert 10 <= sum(shown) <= 30
+    streams = (module_lib._HIDE_SERIES_STREAM, module_lib._HIDE_OTHERS_STREAM, module_lib._DECODE_STREAM)
+    assert len(set(streams)) == 3 and -1 not in streams  # no draw shares another's key
 
 
 @pytest.mark.parametrize(("kw", "key"), [

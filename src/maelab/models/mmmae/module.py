@@ -28,7 +28,7 @@ from maelab.models.mmmae.priors import doy_index, grid_priors, normalise, normal
 from maelab.scoring.hydro_metrics import interpolate_days
 
 _HIDE_SERIES_STREAM = -2  # keys the whole-series hiding noise apart from the masks' streams
-_HIDE_OTHERS_STREAM = -3  # keys `hide_series_others=mixed`'s coin
+_HIDE_OTHERS_STREAM = -4  # keys `hide_series_others=mixed`'s coin (apart from the streams above and below)
 _DECODE_STREAM = -3  # keys the training subset of decoded grid tokens
 
 
