@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks.reference import SKIP, run
 from tests.conftest import ROOT
+from tests.test_mmmae_pipeline import SMALL
 
 STAND_IN = '''
 """Stand-in for the design's scripts/run_full_experiments.py (names used by the job driver)."""
@@ -167,16 +168,10 @@ def test_gpu_script_dry_run(tmp_path: Path):
 def test_gpu_hydro_script_counts_the_batches_it_trained(tmp_path: Path):
     """`benchmarks/gpu_hydro.sh` on the CPU at a small size: its summary gives the batches the run
     trained (5 here: fewer than one logging interval), then the test table."""
-    small = [
-        "trainer.accelerator=cpu", "trainer.precision=32-true", "data.num_workers=0",
-        "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
-        "data.synthetic.start=2000-01-01", "data.synthetic.end=2000-04-30",
-        "data.synthetic.n_catchments=3", "data.seq_len=15",
-        "data.splits.train.start=2000-01-01", "data.splits.train.end=2000-02-29",
-        "data.splits.val.start=2000-03-01", "data.splits.val.end=2000-03-31",
-        "data.splits.test.start=2000-04-01", "data.splits.test.end=2000-04-30",
-        "model.net.d_model=16", "model.net.depth=1", "model.net.heads=2",
-        "model.net.decoder_dim=16", "model.net.decoder_depth=1", "model.net.decoder_heads=2"]
+    # the small MM-MAE run of the pipeline tests (the script sets experiment, trainer, batch)
+    small = ["trainer.accelerator=cpu", "trainer.precision=32-true", "data.num_workers=0",
+             "trainer.limit_train_batches=5", "trainer.limit_val_batches=2",
+             *(o for o in SMALL if o.startswith(("data.s", "model.")))]
     env = {**os.environ, "OUT": str(tmp_path), "STEPS": "100", "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1"}
     subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_hydro.sh"), *small], env=env,

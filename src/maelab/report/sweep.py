@@ -208,9 +208,9 @@ def shown_metrics(summary: pd.DataFrame) -> list[str]:
     return [c for c in METRICS if summary[f"{c}_mean"].notna().any()]
 
 
-def column_headings(jobs: pd.DataFrame) -> dict[str, str]:
-    """METRICS column → heading, the selection metric named after the jobs' `optimized_metric`."""
-    return {c: h for c, (h, _) in METRICS.items()} | {SELECTION: selection_metric(jobs)[0]}
+def column_headings(selection_heading: str) -> dict[str, str]:
+    """METRICS column → heading, the selection metric's given (`selection_metric`)."""
+    return {c: h for c, (h, _) in METRICS.items()} | {SELECTION: selection_heading}
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -247,8 +247,8 @@ def to_markdown(jobs: pd.DataFrame, summary: pd.DataFrame, group_keys: list[str]
         lines.append(f"Total job time {wall / 60:.1f} min.")
     lines.append("")
     shown = shown_metrics(summary)
-    headings = column_headings(jobs)
-    selection_mode = selection_metric(jobs)[1]
+    selection_heading, selection_mode = selection_metric(jobs)
+    headings = column_headings(selection_heading)
     best_of = {}
     for c in shown:
         means = summary[f"{c}_mean"]
@@ -356,7 +356,7 @@ def write_report(sweep_dir: str | Path, title: str | None = None, score: str | N
     atomic_write_text(paths[".csv"], jobs.to_csv(index=False))
     atomic_write_text(paths["_summary.csv"], summary.to_csv(index=False))
     atomic_write_text(paths[".md"], markdown)
-    png = plot_summary(summary, group_keys, title, column_headings(jobs))
+    png = plot_summary(summary, group_keys, title, column_headings(selection_metric(jobs)[0]))
     atomic_write_bytes(paths[".png"], png)
     return Report(jobs, summary, group_keys, markdown, paths[".csv"], paths["_summary.csv"],
                   paths[".md"], paths[".png"])
