@@ -8,7 +8,7 @@ import pytest
 
 from maelab.core.errors import ConfigError
 from maelab.models.sdmae.config import STRATEGIES
-from maelab.pipeline import evaluate, train
+from maelab.pipeline import evaluate, results_folder, train
 from tests.conftest import compose_cfg
 
 
@@ -61,12 +61,38 @@ def test_evaluate_split_val_scores_the_validation_windows(tiny_train_cfg, tmp_pa
 
 
 def test_evaluate_overrides_score_and_scored_region(tiny_train_cfg, tmp_path):
+    """Overrides change the evaluation and get their own results folder: the plain evaluation's
+    eval/ is kept, and the overrides are recorded."""
     metrics, _ = train(tiny_train_cfg("masking=token", name="run"))
+    plain = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}"]))
     again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",
                                               "score=reconstruction", "mask_last_n=20"]))
     assert again["score"] == "reconstruction" and again["mask_last_n"] == 20
+    run = tmp_path / "run"
+    assert json.load(open(run / "eval" / "metrics.json")) == json.loads(json.dumps(plain))
+    written = json.load(open(run / "eval-mask_last_n=20,score=reconstruction" / "metrics.json"))
+    assert written["overrides"] == {"score": "reconstruction", "mask_last_n": 20}
+    assert written["mask_last_n"] == 20 and "overrides" not in plain
+    last_ckpt = Path(metrics["checkpoint"]).parent / "last.ckpt"
+    last = evaluate(compose_cfg("evaluate", [f"ckpt={last_ckpt}"]))
+    assert json.load(open(run / "eval-ckpt=last" / "metrics.json"))["checkpoint"] == last["checkpoint"]
     with pytest.raises(ConfigError, match="mask_last_n"):
         evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "mask_last_n=100"]))
+
+
+def test_results_folder_names_the_evaluation():
+    """One folder per (split, checkpoint, overrides): plain best.ckpt keeps eval/ | eval_val/;
+    overrides are flattened and sorted by key; odd characters are replaced; a long name is
+    cut and made unique by a hash."""
+    best = Path("/r/checkpoints/best.ckpt")
+    assert results_folder("test", best, {}) == "eval"
+    assert results_folder("val", best, {}) == "eval_val"
+    assert results_folder("val", Path("/r/checkpoints/epoch 3.ckpt"), {}) == "eval_val-ckpt=epoch_3"
+    named = results_folder("test", best, {"threshold": {"percentile": 99, "method": "percentile"},
+                                          "data": {"root": "/d/x y"}})
+    assert named == "eval-data.root=_d_x_y,threshold.method=percentile,threshold.percentile=99"
+    long = [results_folder("test", best, {"data": {"root": "/" + c * 120}}) for c in "ab"]
+    assert all(len(n) <= 5 + 80 + 11 for n in long) and long[0] != long[1]
 
 
 def test_evaluate_refuses_a_series_calibration_for_sdmae(tiny_train_cfg, tmp_path):

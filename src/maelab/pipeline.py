@@ -9,13 +9,16 @@ Run directory layout:
     .hydra/config.yaml          the composed config (written by Hydra, or here when composed)
     .lock                       while a run holds the directory (maelab.core.rundir)
     checkpoints/{best,last}.ckpt  best `optimized_metric`; the last epoch
-    metrics.json, figures/*.png (train) ; eval/metrics.json, eval/figures/*.png (evaluate.py)
+    metrics.json, figures/*.png (train) ; eval/metrics.json, eval/figures/*.png (evaluate.py;
+        with overrides or another checkpoint, eval-<key=value,…>/: see `results_folder`)
     tables the model writes (e.g. catchments.csv) beside metrics.json
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -247,11 +250,13 @@ def evaluate_checkpoint(
     cfg: DictConfig, ckpt_path: Path, out_dir: Path, trainer: L.Trainer | None = None,
     datamodule: L.LightningDataModule | None = None, write_calibration: bool = False,
     recalibrate: bool = False, print_table: bool = True, split: str = "test",
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load `ckpt_path` safely, calibrate on validation if needed, test; write results to out_dir.
 
     `split="val"` runs the validation windows through the test loop instead (for choices made
-    on validation). Uses the base module's interface only (`maelab.lit.base.MaeModule`).
+    on validation). `overrides` (evaluate.py's, as given) are recorded in metrics.json. Uses the
+    base module's interface only (`maelab.lit.base.MaeModule`).
     """
     with PHASES.phase("checkpoint load"):
         state = load_checkpoint(ckpt_path, "ckpt")
@@ -280,8 +285,9 @@ def evaluate_checkpoint(
     module.test_split = split
     with PHASES.phase("test"):
         trainer.test(module, datamodule=dm, verbose=False)
+    given = {k: v for k, v in _plain(overrides or {}).items() if v != {}}  # {}: nothing given
     metrics = {"model": module.name, "checkpoint": str(ckpt_path), "split": split,
-               **module.summary()}
+               **({"overrides": given} if given else {}), **module.summary()}
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         atomic_write_json(out_dir / "metrics.json", metrics)
         with PHASES.phase("figures"):
@@ -353,6 +359,35 @@ def check_targets(cfg: DictConfig, source: Path) -> None:
     walk(OmegaConf.to_container(cfg, resolve=False), ())
 
 
+def _plain(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Override values as plain containers (config nodes resolved where they sit)."""
+    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in overrides.items()}
+
+
+def results_folder(split: str, ckpt_path: Path, overrides: dict[str, Any]) -> str:
+    """The run's folder for an evaluation: `eval` (`eval_val` for split=val) for best.ckpt as
+    trained, else `eval-<key=value,…>` named by the checkpoint and the overrides, so that no
+    evaluation overwrites another's results (repeating one rewrites its own folder). A name
+    over 100 characters keeps its first 80 and a hash of the whole."""
+    parts = [] if ckpt_path.name == "best.ckpt" else [f"ckpt={ckpt_path.stem}"]
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):  # an empty node changes nothing
+            for k in sorted(node):
+                walk(node[k], f"{key}.{k}" if key else str(k))
+        else:
+            parts.append(f"{key}={node}")
+
+    walk(_plain(overrides), "")
+    if not parts:
+        return SPLITS[split]
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(parts))
+    if len(name) > 100:
+        name = f"{name[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    return f"{SPLITS[split]}-{name}"
+
+
 def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
     """evaluate.py: rebuild data and model from the run's saved config and test the checkpoint.
 
@@ -386,14 +421,17 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
             raise ConfigError("calibration.series_shrink", shrink,
                               "null: only MM-MAE checkpoints have a series calibration")
         overrides["model.calibration.series_shrink"] = shrink
+    named = {("calibration" if k.startswith("model.calibration") else k):
+             ({"series_shrink": v} if k.startswith("model.calibration") else v)
+             for k, v in overrides.items()}  # as typed on the command line
     run_cfg = OmegaConf.merge(run_cfg, {"paths": {"output_dir": str(run_dir)}})
     for key, value in overrides.items():
         replace = key == "data" and "_target_" in value  # another dataset, not a few settings
         OmegaConf.update(run_cfg, key, value, merge=not replace, force_add=True)
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
-    out_dir = run_dir / SPLITS[split]
+    out_dir = run_dir / results_folder(split, ckpt_path, named)
     metrics = evaluate_checkpoint(run_cfg, ckpt_path, out_dir, recalibrate="threshold" in overrides,
-                                  print_table=print_table, split=split)
+                                  print_table=print_table, split=split, overrides=named)
     atomic_write_json(out_dir / "timings.json", PHASES.take())
     return metrics
