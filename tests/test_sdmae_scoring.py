@@ -19,8 +19,9 @@ INFO = SeriesInfo(batch_size=4, seq_length=40, num_features=3, feature_names=["a
                   train_has_labels=True)
 
 
-def module(strategy: str = "patch", **scoring) -> SDMAEModule:
+def module(strategy: str = "patch", loss: dict | None = None, **scoring) -> SDMAEModule:
     cfg = asdict(SDMAEConfig())
+    cfg["loss"] |= loss or {}
     cfg["net"] |= {"d_model": 16, "encoder_depth": 1, "teacher_depth": 1}
     cfg["masking"] |= {"strategy": strategy, "patch_size": 5}
     cfg["scoring"] |= {"mask_last_n": 10, **scoring}
@@ -187,3 +188,29 @@ def test_evaluate_with_other_scoring_recalibrates(tiny_train_cfg):
                                               "scoring.inference=all_positions"]))
     assert again["label_scope"] == "window" and again["inference"] == "all_positions"
     assert again["test"] != metrics["test"]
+
+
+@pytest.mark.parametrize("gap_mask", ["inference", "training"])
+@pytest.mark.parametrize("inference", ["last_n", "all_positions"])
+def test_validation_scores_equal_a_fresh_scoring_pass(inference, gap_mask):
+    """Validation reuses the loss's pass with the last n steps hidden (`gap_mask: inference`, the
+    default) as the scoring pass of `last_n`; otherwise it scores its own pass. Either way the
+    collected scores equal, bit for bit, those of `step_scores` on the same windows."""
+    torch.manual_seed(0)
+    m = module("patch", {"gap_mask": gap_mask}, inference=inference, passes=2)
+    b = 3
+    batch = {"x": torch.randn(b, 40, 3), "labelled": torch.ones(b, dtype=torch.bool),
+             "label": torch.tensor([0, 1, 0]), "point_labels": torch.zeros(b, 40, dtype=torch.long),
+             "anomaly_type": torch.zeros(b, dtype=torch.long), "start": torch.arange(b),
+             "series": torch.zeros(b, dtype=torch.long)}
+    batch["point_labels"][1, 35:] = 1
+    m.on_validation_epoch_start()
+    calls, infer = [], m.infer
+    m.infer = lambda x: calls.append(1) or infer(x)  # counts the scoring passes run
+    with torch.no_grad():
+        m.validation_step(batch, 0)
+        reused = inference == "last_n" and gap_mask == "inference"
+        assert len(calls) == (not reused)
+        fresh, _ = m.step_scores(batch["x"])
+    for k, v in fresh.items():
+        assert torch.equal(m._collected[0][f"score/{k}"], v), k

@@ -153,11 +153,11 @@ class SDMAEModule(MaeModule):
         merged = {k: (out[k].reshape(p, b, t, f) * hidden).sum(0) for k in self.net.decoders}
         return merged | {"hidden": hidden.any(0)}
 
-    def step_residuals(self, x: torch.Tensor
+    def step_residuals(self, x: torch.Tensor, out: dict[str, torch.Tensor] | None = None
                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Signed residuals of the scored values {name: (B, S, F)} (S = T with `all_positions`,
-        else mask_last_n) and the model output of `infer`."""
-        out = self.infer(x)
+        else mask_last_n) and the model output of `infer` (`out`: that output, already computed)."""
+        out = self.infer(x) if out is None else out
         steps = slice(None) if self.hparams.scoring["inference"] == "all_positions" \
             else slice(-self.mask_last_n, None)
         recon_source = out["teacher"] if "teacher" in out else out["student"]
@@ -172,7 +172,10 @@ class SDMAEModule(MaeModule):
         return {k: v ** 2 for k, v in residuals.items()}, out
 
     # ---- training -----------------------------------------------------------------------
-    def _loss(self, batch: SeriesBatch, noise: KeyedNoise) -> dict[str, torch.Tensor]:
+    def _loss_and_inference(self, batch: SeriesBatch, noise: KeyedNoise
+                            ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Loss parts, and the output of the pass with the last n steps hidden where the loss
+        took one (None otherwise): with `scoring.inference=last_n` it is `infer`'s output."""
         x = batch["x"]  # (B, T, F)
         m, lw = self.masking, self.hparams.loss
         mask = random_mask(noise, m.strategy, x.shape[1], x.shape[2], m.ratio, m.patch_size,
@@ -190,7 +193,7 @@ class SDMAEModule(MaeModule):
         if lw["push"] == "visible":  # an anomaly the encoder cannot see cannot move the gap
             anomalous = anomalous & anomaly_visible(batch["point_labels"], gap_out["hidden"])
         ramp = anomaly_ramp(self.current_epoch, lw["anomaly_warmup_epochs"])
-        return sdmae_loss(out, x, anomalous, lw, ramp, gap_out, inference_out)
+        return sdmae_loss(out, x, anomalous, lw, ramp, gap_out, inference_out), inference_out
 
     def _noise(self, batch: SeriesBatch, stream: int) -> KeyedNoise:
         """Mask noise keyed by sample: the same masks whatever batch, rank or resume draws them."""
@@ -201,7 +204,8 @@ class SDMAEModule(MaeModule):
         self._train_sums, self._train_windows = {}, 0
 
     def training_step(self, batch: SeriesBatch, batch_idx: int) -> torch.Tensor:
-        parts = self._loss(batch, self._noise(batch, self.current_epoch))  # fresh every epoch
+        noise = self._noise(batch, self.current_epoch)  # fresh masks every epoch
+        parts, _ = self._loss_and_inference(batch, noise)
         # epoch means weighted by batch size, as `log(on_epoch=True, batch_size=b)` gives, without
         # its per-step cost (~3 ms of a 70 ms CPU step): accumulated here, logged once per epoch
         b = batch["x"].shape[0]
@@ -216,8 +220,9 @@ class SDMAEModule(MaeModule):
                           on_step=False, on_epoch=True, prog_bar=False)
 
     # ---- validation / test: collect scores -------------------------------------------------
-    def _collect(self, batch: SeriesBatch) -> dict[str, torch.Tensor]:
-        residuals, out = self.step_residuals(batch["x"])
+    def _collect(self, batch: SeriesBatch, out: dict[str, torch.Tensor] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        residuals, out = self.step_residuals(batch["x"], out)
         item = {f"score/{k}": v.detach() ** 2 for k, v in residuals.items()}
         if self.hparams.scoring["reduce"] == "mahalanobis":
             item |= {f"resid/{k}": v.detach() for k, v in residuals.items()}
@@ -230,13 +235,16 @@ class SDMAEModule(MaeModule):
         self._val_sums, self._val_windows = {}, 0
 
     def validation_step(self, batch: SeriesBatch, batch_idx: int) -> None:
-        parts = self._loss(batch, self._noise(batch, -1))  # fixed masks: comparable across epochs
+        # fixed masks: comparable across epochs
+        parts, inference_out = self._loss_and_inference(batch, self._noise(batch, -1))
         # batch-weighted epoch means, logged once in on_validation_epoch_end (as in training)
         b = batch["x"].shape[0]
         for k, v in parts.items():
             self._val_sums[k] = self._val_sums.get(k, 0.0) + v * b
         self._val_windows += b
-        self._collect(batch)
+        # the loss's pass with the last n steps hidden is the scoring pass of `last_n`: reused
+        reuse = self.hparams.scoring["inference"] == "last_n"
+        self._collect(batch, inference_out if reuse else None)
 
     def _log_val_losses(self) -> None:
         """`val/<part>`: Σ batch × loss / Σ batch over all ranks' windows, the value (bit for
