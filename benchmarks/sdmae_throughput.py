@@ -66,7 +66,7 @@ def plain_steps(cfg, module: L.LightningModule, dm, device: torch.device,
     while True:
         start = _stamp(device)
         batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        loss = module._loss(batch, module._noise(batch, 0))["loss"]
+        loss = module._loss_and_inference(batch, module._noise(batch, 0))[0]["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:

@@ -167,6 +167,39 @@ def test_validation_windows_get_the_other_folds_weights() -> None:
     assert torch.allclose(out[:, hidden[0]], 0.5 * (x + model)[:, hidden[0]])
 
 
+def test_fold_weights_are_the_fit_on_each_parity_of_catchments() -> None:
+    """The calibration's three weight sets are `fit_shrinkage` on all validation windows, on
+    those of the even catchments and on those of the odd ones (windows of 4 catchments, 2
+    collected batches; a series with no window keeps weights of 1)."""
+    from maelab.models.mmmae.calibration import fit_shrinkage
+
+    cfg = compose_cfg("train", [*SMALL])
+    module = build_module(cfg, build_datamodule(cfg))
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        x = torch.randn(8, 15, generator=gen)  # (B, T) normalised riverflow
+        batches.append({"riverflow": {
+            "pred": x + 0.5 * torch.randn(8, 15, generator=gen), "x": x,
+            "valid": torch.rand(8, 15, generator=gen) > 0.1,
+            "hidden": torch.rand(8, 15, generator=gen) > 0.4,
+            "catchment": torch.arange(8) % 4}})
+    module._cal_collected = batches
+    module._fit_calibration()
+    cat = {k: torch.cat([b["riverflow"][k] for b in batches]) for k in batches[0]["riverflow"]}
+    i = module.info.series_names.index("riverflow")
+    stats = module.info.stats["riverflow"]
+    for weights, parity in ((module.cal_series_shrink[i], None), (module._cal_fold_shrink[0, i], 0),
+                            (module._cal_fold_shrink[1, i], 1)):
+        rows = slice(None) if parity is None else cat["catchment"] % 2 == parity
+        expected = fit_shrinkage(cat["pred"][rows], cat["x"][rows], cat["valid"][rows],
+                                 cat["hidden"][rows], cat["catchment"][rows], stats)
+        assert torch.equal(weights, expected), parity
+    assert not torch.equal(module._cal_fold_shrink[0, i], module._cal_fold_shrink[1, i])
+    j = module.info.series_names.index("evaporation")  # no window collected
+    assert bool((module.cal_series_shrink[j] == 1).all() and (module._cal_fold_shrink[:, j] == 1).all())
+
+
 def test_series_shrink_none_keeps_the_model() -> None:
     cfg = compose_cfg("train", [*SMALL, "model.calibration.series_shrink=none"])
     dm = build_datamodule(cfg)

@@ -91,7 +91,7 @@ class PerStepValidationLogging(SDMAEModule):
     (nothing summed, so the module's own epoch-end logging stays silent)."""
 
     def validation_step(self, batch, batch_idx):
-        parts = self._loss(batch, self._noise(batch, -1))
+        parts, _ = self._loss_and_inference(batch, self._noise(batch, -1))
         self.log_dict({f"val/{k}": v for k, v in parts.items()}, on_epoch=True, prog_bar=False,
                       batch_size=batch["x"].shape[0], sync_dist=True)
         self._collect(batch)
