@@ -198,6 +198,12 @@ def test_fold_weights_are_the_fit_on_each_parity_of_catchments() -> None:
     assert not torch.equal(module._cal_fold_shrink[0, i], module._cal_fold_shrink[1, i])
     j = module.info.series_names.index("evaporation")  # no window collected
     assert bool((module.cal_series_shrink[j] == 1).all() and (module._cal_fold_shrink[:, j] == 1).all())
+    assert module._cal_one_parity == []
+    for b in batches:  # even catchments only: the odd fold has no window, so nothing to cross-fit
+        b["riverflow"]["catchment"] = 2 * (b["riverflow"]["catchment"] % 2)
+    module._fit_calibration()
+    assert module._cal_one_parity == ["riverflow"]
+    assert bool((module._cal_fold_shrink[1, i] == 1).all())
 
 
 def test_series_shrink_none_keeps_the_model() -> None:
@@ -221,6 +227,7 @@ def test_evaluate_split_val_tests_the_validation_windows(trained: tuple[dict, Pa
     assert "cross-fitted by catchment" in folds["rule"]
     assert set(folds["fitted_on_even"]) == set(folds["fitted_on_odd"]) == {
         "distance_bins_days", "evaporation", "riverflow"}
+    assert folds["not_cross_fitted"] == []  # 3 catchments: both parities hold windows
     assert "series_shrink_validation" not in metrics["settings"]
     dm = build_datamodule(compose_cfg("train", [*SMALL]), stage="fit")
     dm.setup("fit")

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from maelab.core.errors import ConfigError
 from maelab.data.contracts import HydroBatch, HydroInfo
@@ -88,6 +89,7 @@ class MMMAEModule(MaeModule):
         self._cal_collected: list[dict[str, dict[str, torch.Tensor]]] = []
         # (2, S, bins): weights fitted on the even / odd catchments (split=val, not saved)
         self._cal_fold_shrink: torch.Tensor | None = None
+        self._cal_one_parity: list[str] = []  # series with no window in one of the two folds
         self._evaluation: TestEvaluation | None = None
         self._results: dict[str, Any] = {}
         self._climatology: dict[str, torch.Tensor] | None = None  # physical units (baselines)
@@ -296,18 +298,22 @@ class MMMAEModule(MaeModule):
         """`cal_series_shrink` from the collected validation windows (1 where a series has none),
         and `_cal_fold_shrink`, the same fitted on the even and on the odd catchments."""
         weights = torch.ones(3, *self.cal_series_shrink.shape, dtype=torch.float64)  # all, even, odd
+        one_parity = []  # series whose validation catchments are all even or all odd
         for i, s in enumerate(self.info.series_names):
             items = [c[s] for c in self._cal_collected if s in c]
             if not items:
                 continue
             cat = {k: torch.cat([it[k] for it in items]) for k in items[0]}
             parity = cat["catchment"] % 2
+            if parity.unique().numel() < 2:
+                one_parity.append(s)
             for j, rows in enumerate((slice(None), parity == 0, parity == 1)):
                 weights[j, i] = fit_shrinkage(cat["pred"][rows], torch.nan_to_num(cat["x"][rows]),
                                               cat["valid"][rows], cat["hidden"][rows],
                                               cat["catchment"][rows], self.info.stats[s])
         self.cal_series_shrink.copy_(weights[0])
         self._cal_fold_shrink = weights[1:]
+        self._cal_one_parity = one_parity
 
     def needs_calibration(self, split: str) -> bool:
         """Also before `split=val`: its windows are scored with the weights of the other fold."""
@@ -339,6 +345,11 @@ class MMMAEModule(MaeModule):
         if not self.calibrated:
             raise RuntimeError("test before calibration: call calibrate(trainer, datamodule) "
                                "first (maelab.pipeline does)")
+        if self.test_split == "val" and self.series_shrink != "none" and self._cal_one_parity:
+            rank_zero_warn(f"split=val: the validation windows of {', '.join(self._cal_one_parity)} "
+                           "hold catchments of one parity only, so the other fold has none and "
+                           "their series keep the model's own values (weights of 1, not "
+                           "cross-fitted)")
         dm = self.trainer.datamodule
         self.use_data(dm)  # the climatology, when setup did not run
         ev = self.hparams.evaluation
@@ -386,7 +397,8 @@ class MMMAEModule(MaeModule):
                     "rule": "cross-fitted by catchment: a window of an odd catchment is shrunk by "
                             "the weights fitted on the even ones, and the reverse",
                     "fitted_on_even": listed(self._cal_fold_shrink[0]),
-                    "fitted_on_odd": listed(self._cal_fold_shrink[1])}
+                    "fitted_on_odd": listed(self._cal_fold_shrink[1]),
+                    "not_cross_fitted": [s for s in tested if s in self._cal_one_parity]}
         self._results = self._evaluation.results(settings)
         self._evaluation = None
 
