@@ -60,13 +60,15 @@ def test_evaluate_split_val_scores_the_validation_windows(tiny_train_cfg, tmp_pa
         evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}", "split=train"]))
 
 
-def test_evaluate_overrides_score_and_scored_region(tiny_train_cfg, tmp_path):
-    """Overrides change the evaluation and get their own results folder: the plain evaluation's
-    eval/ is kept, and the overrides are recorded."""
+def test_evaluate_overrides_score_and_scored_region(tiny_train_cfg, tmp_path, caplog):
+    """Overrides change the evaluation and get their own results folder, which the log names:
+    the plain evaluation's eval/ is kept, and the overrides are recorded."""
     metrics, _ = train(tiny_train_cfg("masking=token", name="run"))
     plain = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}"]))
-    again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",
-                                              "score=reconstruction", "mask_last_n=20"]))
+    with caplog.at_level("INFO", logger="maelab.pipeline"):
+        again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",
+                                                  "score=reconstruction", "mask_last_n=20"]))
+    assert caplog.messages[-1].endswith("run/eval-mask_last_n=20,score=reconstruction")
     assert again["score"] == "reconstruction" and again["mask_last_n"] == 20
     run = tmp_path / "run"
     assert json.load(open(run / "eval" / "metrics.json")) == json.loads(json.dumps(plain))

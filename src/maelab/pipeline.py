@@ -434,4 +434,5 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
     metrics = evaluate_checkpoint(run_cfg, ckpt_path, out_dir, recalibrate="threshold" in overrides,
                                   print_table=print_table, split=split, overrides=named)
     atomic_write_json(out_dir / "timings.json", PHASES.take())
+    log.info("evaluation written to %s", out_dir)
     return metrics
