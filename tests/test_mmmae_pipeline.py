@@ -123,10 +123,12 @@ def test_series_shrinkage_is_fitted_on_validation_and_travels_in_the_checkpoint(
 def test_evaluate_switches_the_series_calibration(trained: tuple[dict, Path]) -> None:
     """`calibration.series_shrink=none` at evaluation tests the model's own series (the
     checkpoint's weights untouched); `by_distance` gives the training's table back."""
-    metrics, _ = trained
+    metrics, out = trained
     ckpt = metrics["checkpoint"]
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["cal_series_shrink"]
     raw = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_shrink=none"]))
+    assert raw["overrides"] == {"calibration": {"series_shrink": "none"}}  # as typed, own folder
+    assert (out / "eval-calibration.series_shrink=none" / "metrics.json").is_file()
     assert raw["settings"]["series_shrink"] == "none" and raw["settings"]["series_shrink_weights"] is None
     after = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]["cal_series_shrink"]
     assert torch.equal(saved, after)

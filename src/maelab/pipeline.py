@@ -415,15 +415,14 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
         given = {k: v for k, v in (cfg.get(group) or {}).items() if v is not None}
         if given:
             overrides[group] = given
+    named = dict(overrides)  # as given on the command line: names the results folder
     shrink = (cfg.get("calibration") or {}).get("series_shrink")
     if shrink is not None:  # a model setting evaluation may change: the calibration is refitted
         if "calibration" not in {f.name for f in fields(model_config_class(run_cfg.model))}:
             raise ConfigError("calibration.series_shrink", shrink,
                               "null: only MM-MAE checkpoints have a series calibration")
+        named["calibration"] = {"series_shrink": shrink}
         overrides["model.calibration.series_shrink"] = shrink
-    named = {("calibration" if k.startswith("model.calibration") else k):
-             ({"series_shrink": v} if k.startswith("model.calibration") else v)
-             for k, v in overrides.items()}  # as typed on the command line
     run_cfg = OmegaConf.merge(run_cfg, {"paths": {"output_dir": str(run_dir)}})
     for key, value in overrides.items():
         replace = key == "data" and "_target_" in value  # another dataset, not a few settings
