@@ -285,9 +285,8 @@ def evaluate_checkpoint(
     module.test_split = split
     with PHASES.phase("test"):
         trainer.test(module, datamodule=dm, verbose=False)
-    given = {k: v for k, v in _plain(overrides or {}).items() if v != {}}  # {}: nothing given
     metrics = {"model": module.name, "checkpoint": str(ckpt_path), "split": split,
-               **({"overrides": given} if given else {}), **module.summary()}
+               **({"overrides": _plain(overrides)} if overrides else {}), **module.summary()}
     if trainer.is_global_zero:  # every rank holds the same gathered results; one writes them
         atomic_write_json(out_dir / "metrics.json", metrics)
         with PHASES.phase("figures"):
@@ -373,7 +372,7 @@ def results_folder(split: str, ckpt_path: Path, overrides: dict[str, Any]) -> st
     parts = [] if ckpt_path.name == "best.ckpt" else [f"ckpt={ckpt_path.stem}"]
 
     def walk(node: Any, key: str) -> None:
-        if isinstance(node, dict):  # an empty node changes nothing
+        if isinstance(node, dict):
             for k in sorted(node):
                 walk(node[k], f"{key}.{k}" if key else str(k))
         else:
@@ -407,7 +406,7 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
                           f"({run_cfg.model._target_}); it holds a {saved_class}")
     run_dir = ckpt_path.parent.parent
     overrides = {k: cfg[k] for k in ("score", "mask_last_n", "point_adjust", "data")
-                 if cfg.get(k) is not None}
+                 if cfg.get(k) not in (None, {})}  # given on the command line (`data` is {} if not)
     threshold = {k: v for k, v in (cfg.get("threshold") or {}).items() if v is not None}
     if threshold:
         overrides["threshold"] = threshold

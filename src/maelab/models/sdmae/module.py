@@ -129,6 +129,13 @@ class SDMAEModule(MaeModule):
             return "reconstruction"  # nothing to choose on: the score that needs no labels
         return max(self.available, key=lambda k: aurocs[k])
 
+    def last_n_pass(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's output (as `forward`) for windows x (B, T, F) with the last
+        `mask_last_n` steps hidden: the `last_n` scoring pass, and the loss's inference pass."""
+        b, t, f = x.shape
+        return self.net(x, last_steps_mask(self.strategy, b, t, f, self.mask_last_n,
+                                           self.net.patch_size, x.device))
+
     def infer(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Decoder outputs (B, T, F) with the scored values hidden, and "hidden" (B, T, F).
 
@@ -139,8 +146,7 @@ class SDMAEModule(MaeModule):
         """
         s, (b, t, f) = self.hparams.scoring, x.shape
         if s["inference"] == "last_n":
-            return self.net(x, last_steps_mask(self.strategy, b, t, f, self.mask_last_n,
-                                               self.net.patch_size, x.device))
+            return self.last_n_pass(x)
         if s["inference"] == "last_n_by_feature":
             masks = last_steps_by_feature_masks(self.strategy, b, t, f, self.mask_last_n,
                                                 self.net.patch_size, x.device)  # (F, B, units…)
@@ -185,9 +191,7 @@ class SDMAEModule(MaeModule):
             and len(self.net.decoders) == 2
         inference_out = None  # the pass as windows are scored: last n steps hidden
         if gap_inference or lw["recon_mask"] == "training_and_inference":
-            b, t, f = x.shape
-            inference_out = self.net(x, last_steps_mask(self.strategy, b, t, f, self.mask_last_n,
-                                                        self.net.patch_size, x.device))
+            inference_out = self.last_n_pass(x)
         gap_out = inference_out if gap_inference else out
         anomalous = batch["labelled"] & (batch["label"] > 0)
         if lw["push"] == "visible":  # an anomaly the encoder cannot see cannot move the gap
