@@ -60,6 +60,27 @@ def test_run_writes_its_timings(tiny_train_cfg):
         assert r["wall"] >= 0 and r["cpu"] >= 0 and r["start"] <= timings["taken_at"]
 
 
+def test_a_run_that_raises_leaves_no_phases_to_the_next_run(tiny_train_cfg, monkeypatch):
+    """A run that fails after its data phase (the model build raises here) forgets its records:
+    the next run in the process (a multirun job) writes only its own phases."""
+    import maelab.pipeline as pipeline
+    from maelab.core.phases import PHASES
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("model build failed")
+
+    monkeypatch.setattr(pipeline, "build_module", fail)
+    with pytest.raises(RuntimeError, match="model build failed"):
+        train(tiny_train_cfg("trainer.max_epochs=1", name="failed"))
+    assert PHASES.records == []
+    monkeypatch.undo()
+    cfg = tiny_train_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=2", name="next")
+    started = PHASES.now()
+    train(cfg)
+    records = json.loads((Path(cfg.paths.output_dir) / "timings.json").read_text())["records"]
+    assert records and all(r["start"] >= started for r in records)  # none from the failed run
+
+
 def test_window_batches_by_index_equal_collated_windows():
     rng = np.random.default_rng(0)
     ds = WindowDataset(rng.normal(size=(20, 8, 3)), rng.integers(0, 2, (20, 8)),

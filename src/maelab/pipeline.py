@@ -170,6 +170,7 @@ def _run_dir_key() -> str:
     return "paths.output_dir"
 
 
+@PHASES.run()
 def train(cfg: DictConfig, print_table: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, calibrate on validation, test the best checkpoint; write metrics.json and figures.
 
@@ -387,6 +388,7 @@ def results_folder(split: str, ckpt_path: Path, overrides: dict[str, Any]) -> st
     return f"{SPLITS[split]}-{name}"
 
 
+@PHASES.run()
 def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
     """evaluate.py: rebuild data and model from the run's saved config and test the checkpoint.
 

@@ -61,6 +61,16 @@ class PhaseRecorder:
         finally:
             self.add(name, start, self.stamp(), **extra)
 
+    @contextmanager
+    def run(self) -> Iterator[None]:
+        """One run's block (also a decorator): if it raises, what it recorded is forgotten, so the
+        next run in this process (a Hydra multirun job, a notebook) writes only its own phases."""
+        try:
+            yield
+        except BaseException:
+            self.records = []
+            raise
+
     def take(self) -> dict[str, Any]:
         """The records so far (then forgotten) and the clock they were taken on."""
         records, self.records = self.records, []
