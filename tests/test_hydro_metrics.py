@@ -85,6 +85,27 @@ def test_daily_climatology_and_day_of_year() -> None:
     assert np.abs(smooth[:, 0]).max() < 1.0 and np.allclose(smooth[:, 1], 2.0)
 
 
+def test_daily_climatology_by_blocks_matches_one_pass(tmp_path) -> None:
+    """Read a memmap a few days at a time (a block that does not divide the days), the result is
+    the one-pass climatology; a day of the year with no data anywhere takes the overall mean."""
+    days = np.arange(np.datetime64("2001-03-01"), np.datetime64("2003-02-01")).astype(np.int64)
+    doy = day_of_year(days)
+    rng = np.random.default_rng(0)
+    values = rng.gamma(0.8, 3.0, size=(len(days), 4, 3)).astype(np.float32)  # (D, P, p²)
+    values[rng.random(values.shape) < 0.1] = np.nan
+    values[doy == 40] = np.nan  # 10 Feb: no data in any year
+    mm = np.lib.format.open_memmap(tmp_path / "grid.npy", mode="w+", dtype=np.float32,
+                                   shape=values.shape)
+    mm[:] = values
+    for window in (1, 31):
+        whole = daily_climatology(values, doy, window=window, block=len(days))
+        blocks = daily_climatology(mm, doy, window=window, block=37)
+        np.testing.assert_allclose(blocks, whole, rtol=1e-12)
+    overall = np.nanmean(values.astype(np.float64), axis=0)
+    np.testing.assert_allclose(daily_climatology(mm, doy, window=1, block=37)[40], overall,
+                               rtol=1e-12)
+
+
 def test_interpolate_days() -> None:
     x = torch.tensor([[9.0, 2.0, 9.0, 9.0, 8.0, 9.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
     known = torch.tensor([[False, True, False, False, True, False], [False] * 6])

@@ -174,21 +174,24 @@ def day_of_year(days: np.ndarray | torch.Tensor) -> np.ndarray:
     return (d - d.astype("datetime64[Y]").astype("datetime64[D]")).astype(np.int64)
 
 
-def daily_climatology(values: np.ndarray, doy: np.ndarray, window: int = 31) -> np.ndarray:
+def daily_climatology(values: np.ndarray, doy: np.ndarray, window: int = 31,
+                      block: int = 366) -> np.ndarray:
     """Mean by day of year of `values` (D, ...) (NaN ignored), smoothed by a circular running
-    mean of `window` days → (366, ...). Days of the year without data take the overall mean."""
-    values = np.asarray(values, np.float64)
-    finite = np.isfinite(values)
-    sums = np.zeros((N_DOY, *values.shape[1:]))
+    mean of `window` days → (366, ...). Days of the year without data take the overall mean.
+    `values` (a memmap, say) is read `block` days at a time, so memory does not grow with D."""
+    sums = np.zeros((N_DOY, *values.shape[1:]))  # (366, ...) float64
     counts = np.zeros_like(sums)
-    np.add.at(sums, doy, np.where(finite, values, 0.0))
-    np.add.at(counts, doy, finite.astype(np.float64))
-    if window > 1:
-        sums = uniform_filter1d(sums, window, axis=0, mode="wrap")
-        counts = uniform_filter1d(counts, window, axis=0, mode="wrap")
+    for lo in range(0, len(values), block):
+        chunk = np.asarray(values[lo:lo + block], np.float64)  # (≤ block, ...)
+        finite = np.isfinite(chunk)
+        np.add.at(sums, doy[lo:lo + block], np.where(finite, chunk, 0.0))
+        np.add.at(counts, doy[lo:lo + block], finite.astype(np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
+        overall = sums.sum(0) / counts.sum(0)
+        if window > 1:
+            sums = uniform_filter1d(sums, window, axis=0, mode="wrap")
+            counts = uniform_filter1d(counts, window, axis=0, mode="wrap")
         clim = sums / counts
-        overall = np.where(finite, values, 0.0).sum(0) / finite.sum(0)
     return np.where(counts > 1e-9, clim, overall)
 
 
