@@ -125,3 +125,22 @@ def test_extra_ranks_of_one_job_do_not_claim(tmp_path, monkeypatch, var):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("config", ["train", "evaluate"])
+def test_runs_started_in_the_same_second_get_their_own_directories(config):
+    """`for s in 0 1 2; do python train.py seed=$s & done` starts runs within one second: their
+    default run and sweep directories differ (microseconds), so none is refused by the lock."""
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    overrides = ["ckpt=x.ckpt"] if config == "evaluate" else []
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        dirs = []
+        for _ in range(2):
+            cfg = compose(config, overrides, return_hydra_config=True)
+            dirs.append((cfg.hydra.run.dir, cfg.hydra.sweep.dir))
+            time.sleep(0.002)
+    (run_a, sweep_a), (run_b, sweep_b) = dirs
+    assert run_a != run_b and sweep_a != sweep_b
+    assert Path(run_a).parent == Path(run_b).parent  # <log_dir>/<task>/runs/
