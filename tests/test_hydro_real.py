@@ -120,7 +120,7 @@ def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None
                                 "callbacks.progress_bar=null", f"data.cache_dir={tmp_path / 'cache'}"],
                       tmp_path / "run")
     assert list(cfg.model.loss.nse_star) == ["riverflow"]
-    assert cfg.model.hide_series_others == "visible"
+    assert cfg.model.hide_series_others == "mixed"
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     assert module.net.forcing_series == ["catchment_precipitation", "catchment_temperature"]
