@@ -97,6 +97,10 @@ def test_daily_climatology_by_blocks_matches_one_pass(tmp_path) -> None:
     mm = np.lib.format.open_memmap(tmp_path / "grid.npy", mode="w+", dtype=np.float32,
                                    shape=values.shape)
     mm[:] = values
+    by_day = daily_climatology(mm, doy, window=1, block=37)
+    for d in (0, 59, 200, 364):  # unsmoothed: the NaN-mean of that day of the year's values
+        np.testing.assert_allclose(by_day[d], np.nanmean(values[doy == d].astype(np.float64), 0),
+                                   rtol=1e-12)
     for window in (1, 31):
         whole = daily_climatology(values, doy, window=window, block=len(days))
         blocks = daily_climatology(mm, doy, window=window, block=37)
