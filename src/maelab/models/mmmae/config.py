@@ -25,6 +25,7 @@ SERIES_SHRINK = ("by_distance", "none")  # calibration.series_shrink values
 # the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
 GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
 SERIES_PRIORS = ("interpolation", "climatology")
+ANTECEDENT_DAYS = (3.0, 10.0, 30.0)  # default scales (days) of the forcing's antecedent means
 
 
 def _priors(key: str, names: list[str], known: tuple[str, ...]) -> None:
@@ -56,6 +57,8 @@ class NetConfig:
     catchment_location: bool = False  # static/series tokens get the catchment's patch-grid place
     forcing_series: list[str] = field(default_factory=list)  # series whose visible values and
     # antecedent means join the day tokens and series queries (factorised; e.g. CAMELS forcings)
+    antecedent_days: list[float] = field(default_factory=lambda: list(ANTECEDENT_DAYS))  # scales
+    # (days) of the antecedent means of the catchment forcing, grids' and series' (factorised)
 
     def __post_init__(self) -> None:
         one_of("attention", self.attention, ATTENTIONS)
@@ -69,6 +72,11 @@ class NetConfig:
         in_range("attn_dropout", self.attn_dropout, 0.0, 1.0, high_open=True)
         in_range("decode_fraction", self.decode_fraction, 0.0, 1.0, low_open=True)
         _priors("grid_priors", self.grid_priors, GRID_PRIORS)
+        if not self.antecedent_days or any(
+                isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
+                for v in self.antecedent_days):
+            raise ConfigError("antecedent_days", self.antecedent_days,
+                              "a non-empty list of positive scales in days, e.g. [3, 10, 30]")
         _priors("series_priors", self.series_priors, SERIES_PRIORS)
         if self.attention == "factorised" and self.temporal_patch != 1:
             raise ConfigError("temporal_patch", self.temporal_patch,
@@ -87,6 +95,9 @@ class NetConfig:
             if self.forcing_series:
                 raise ConfigError("forcing_series", self.forcing_series,
                                   "[] with attention=joint (factorised only)")
+            if list(self.antecedent_days) != list(ANTECEDENT_DAYS):
+                raise ConfigError("antecedent_days", self.antecedent_days,
+                                  f"{list(ANTECEDENT_DAYS)} with attention=joint (factorised only)")
 
 
 @dataclass

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from maelab.models.mmmae.config import ANTECEDENT_DAYS
 from maelab.models.mmmae.model import _filled, catchment_embedding
 from maelab.models.mmmae.priors import (
     GRID_PRIORS,
@@ -63,7 +64,6 @@ from maelab.nn.posemb import sincos_1d, sincos_2d
 from maelab.nn.transformer import CrossAttention, SelfAttention
 
 _YEAR = 365.25
-ANTECEDENT_DAYS = (3.0, 10.0, 30.0)  # scales of the antecedent means of the catchment forcing
 
 
 def visible_slots(member: torch.Tensor, n: int) -> torch.Tensor:
@@ -244,6 +244,7 @@ class FactorisedMMMAE(nn.Module):
         grid_priors: Sequence[str] = GRID_PRIORS,
         series_priors: Sequence[str] = ("interpolation",),
         forcing_series: Sequence[str] = (),
+        antecedent_days: Sequence[float] = ANTECEDENT_DAYS,
     ) -> None:
         super().__init__()
         self.grid_names, self.series_names = list(grid_names), list(series_names)
@@ -253,6 +254,7 @@ class FactorisedMMMAE(nn.Module):
         self.patch_rows, self.patch_cols = list(patch_rows), list(patch_cols)
         self.catchment_location = bool(catchment_location)
         self.forcing_series = list(forcing_series)
+        self.antecedent_days = tuple(float(v) for v in antecedent_days)
         unknown = [s for s in self.forcing_series if s not in self.series_names]
         if unknown:
             raise ValueError(f"forcing_series {unknown}: not among the series {self.series_names}")
@@ -267,10 +269,10 @@ class FactorisedMMMAE(nn.Module):
         self.modality = nn.Parameter(torch.zeros(n_mod, d))
         self.absent = nn.Parameter(torch.zeros(d))
         self.season = nn.Linear(2, d)
-        n_forcing = len(self.grid_names) * (2 + len(ANTECEDENT_DAYS))
+        n_forcing = len(self.grid_names) * (2 + len(self.antecedent_days))
         self.catchment_forcing = nn.Linear(n_forcing, d) \
             if self.catchment_location and self.grid_names else None
-        n_series_forcing = len(self.forcing_series) * (2 + len(ANTECEDENT_DAYS))
+        n_series_forcing = len(self.forcing_series) * (2 + len(self.antecedent_days))
         self.series_forcing = nn.Linear(n_series_forcing, d) if n_series_forcing else None
         self.encoder = nn.ModuleList(FactorisedBlock(d, heads, mlp_ratio, dropout, attn_dropout)
                                      for _ in range(depth))
@@ -402,11 +404,11 @@ class FactorisedMMMAE(nn.Module):
         return torch.where(present.view(shape), e, self.absent.to(e.dtype))
 
     def forcing_at_catchment(self, batch: Mapping[str, Any], grids: list[str]) -> torch.Tensor:
-        """(B, T, grids · 5) each grid's daily value at the catchment's patch (the valid patch
-        nearest to `location`), whether that patch was visible, and the value's antecedent means
-        over 3, 10 and 30 days (`antecedent`: what a catchment's stores integrate); 0 for a
-        grid absent from the batch and where the place is unknown. Visible cells only
-        (`value_at_patch`)."""
+        """(B, T, grids · (2 + A)) each grid's daily value at the catchment's patch (the valid
+        patch nearest to `location`), whether that patch was visible, and the value's A antecedent
+        means over `antecedent_days` (3, 10 and 30 by default; `antecedent`: what a catchment's
+        stores integrate); 0 for a grid absent from the batch and where the place is unknown.
+        Visible cells only (`value_at_patch`)."""
         loc = batch["location"].float()  # (B, 2) patch-grid (row, col), NaN = unknown
         known = loc.isfinite().all(-1)  # (B,)
         patch = torch.cdist(loc.nan_to_num(0.0), self.patch_place).argmin(-1)  # (B,)
@@ -415,20 +417,21 @@ class FactorisedMMMAE(nn.Module):
         with torch.no_grad():
             for g in self.grid_names:
                 if g not in grids:
-                    parts.append(torch.zeros(b, t, 2 + len(ANTECEDENT_DAYS), device=loc.device))
+                    parts.append(torch.zeros(b, t, 2 + len(self.antecedent_days),
+                                             device=loc.device))
                     continue
                 value, seen = value_at_patch(batch["grids"][g], batch["grid_valid"][g],
                                              batch["grid_mask"][g], patch, self.patch_rows,
                                              self.patch_cols)
                 parts.append(torch.cat([value[..., None], seen.float()[..., None],
-                                        antecedent(value[..., None], ANTECEDENT_DAYS)], -1)
+                                        antecedent(value[..., None], self.antecedent_days)], -1)
                              * known.view(b, 1, 1))
         return torch.cat(parts, -1)
 
     def forcing_from_series(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """(B, T, forcing series · 5) each of `forcing_series` on its visible valid days: the
-        value (0 elsewhere), whether it is visible, and its antecedent means over 3, 10 and 30
-        days taken over the visible valid days only (0 before the first); 0 where the series is
+        """(B, T, forcing series · (2 + A)) each of `forcing_series` on its visible valid days:
+        the value (0 elsewhere), whether it is visible, and its A antecedent means over
+        `antecedent_days` taken over the visible valid days only (0 before the first); 0 where the series is
         absent. The catchment's forcing when it comes as series rather than grids (CAMELS)."""
         parts = []
         with torch.no_grad():
@@ -437,7 +440,7 @@ class FactorisedMMMAE(nn.Module):
                     & batch["present"][s].view(-1, 1)  # (B, T)
                 x = torch.where(seen, batch["series"][s].float(), 0.0)[..., None]  # (B, T, 1)
                 w = seen.float()[..., None]
-                num, den = antecedent(x, ANTECEDENT_DAYS), antecedent(w, ANTECEDENT_DAYS)
+                num, den = antecedent(x, self.antecedent_days), antecedent(w, self.antecedent_days)
                 seen_before = den > 0  # some visible day up to t
                 mean = torch.where(seen_before, num / torch.where(seen_before, den, 1.0), 0.0)
                 parts.append(torch.cat([x, w, mean], -1))
