@@ -51,6 +51,7 @@ TRAIN_CASES = [
     (["model.loss.recon_mask=bogus"], "model.loss.recon_mask"),
     ([*HYDRO, "model.loss.nse_star=[rainfall]"], "model.loss.nse_star"),
     ([*HYDRO, "model.net.forcing_series=[rainfall]"], "model.net.forcing_series"),
+    ([*HYDRO, "model.evaluation.regression=[riverflow]"], "model.evaluation.regression"),
     ([*HYDRO, "+model.loss.variability.riverflow=1.0"], "model.loss.variability.riverflow"),
     (["threshold.method=median"], "threshold.method"),
     (["threshold.percentile=100"], "threshold.percentile"),

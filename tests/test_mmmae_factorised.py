@@ -318,3 +318,16 @@ def test_forcing_series_are_visible_values_and_their_antecedent_means() -> None:
         torch.testing.assert_close(out["series"][n], ref["series"][n], rtol=0, atol=0)
     with pytest.raises(ValueError, match="forcing_series"):
         make_factorised(forcing_series=["snow"])
+
+
+def test_antecedent_days_set_the_forcing_scales() -> None:
+    """`antecedent_days` replaces the 3/10/30-day means: one feature per scale, the same
+    exponentially weighted mean as the default's at a shared scale."""
+    batch = batch_with_location()
+    default = make_factorised(forcing_series=[SERIES[0]]).forcing_from_series(batch)
+    longer = make_factorised(forcing_series=[SERIES[0]], antecedent_days=[10, 90])
+    feats = longer.forcing_from_series(batch)  # (B, T, 2 + 2)
+    assert feats.shape == (B, T, 4)
+    torch.testing.assert_close(feats[..., :2], default[..., :2])  # value, visibility
+    torch.testing.assert_close(feats[..., 2], default[..., 3])  # the 10-day scale
+    assert longer.series_forcing.in_features == 4

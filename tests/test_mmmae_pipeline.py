@@ -142,6 +142,27 @@ def test_evaluate_switches_the_series_calibration(trained: tuple[dict, Path]) ->
         evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_shrink=off"]))
 
 
+def test_evaluate_adds_the_regression_baseline(trained: tuple[dict, Path]) -> None:
+    """`regression=[evaporation]` at evaluation fits the trees on training windows and adds a
+    `regression` row to the cross-modal and infilling tests only, on the model's days; the
+    model's rows are unchanged. A series that is not a forcing is refused by name."""
+    metrics, out = trained
+    ckpt = metrics["checkpoint"]
+    got = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "regression=[evaporation]"]))
+    assert (out / "eval-regression=evaporation" / "metrics.json").is_file()
+    rows = got["test"]
+    for test in ("riverflow (all days hidden)", "riverflow (alone, all days hidden)",
+                 "riverflow (alone, 7-day gap)"):
+        row = rows[f"{test} / regression"]
+        assert math.isfinite(row["rmse"]) and row["n"] == rows[f"{test} / mmmae"]["n"]
+    assert "riverflow / regression" not in rows and "evaporation / regression" not in rows
+    for row in ("riverflow / mmmae", "riverflow (all days hidden) / mmmae"):
+        assert rows[row]["rmse"] == pytest.approx(metrics["test"][row]["rmse"], rel=1e-6)
+    assert "riverflow (all days hidden) / regression" not in metrics["test"]  # off by default
+    with pytest.raises(ConfigError, match="model.evaluation.regression"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "regression=[riverflow]"]))
+
+
 def test_validation_windows_get_the_other_folds_weights() -> None:
     """Under split=val a window is shrunk by the weights fitted on the catchments of the other
     parity: here those fitted on the even catchments are 0 (interpolation) and on the odd ones 1

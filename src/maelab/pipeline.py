@@ -424,6 +424,13 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
                               "null: only MM-MAE checkpoints have a series calibration")
         named["calibration"] = {"series_shrink": shrink}
         overrides["model.calibration.series_shrink"] = shrink
+    regression = cfg.get("regression")
+    if regression is not None:  # MM-MAE's learned baseline: fitted before the test
+        if "calibration" not in {f.name for f in fields(model_config_class(run_cfg.model))}:
+            raise ConfigError("regression", regression,
+                              "null: only MM-MAE checkpoints have the regression baseline")
+        named["regression"] = ",".join(regression) or "none"
+        overrides["model.evaluation.regression"] = list(regression)
     run_cfg = OmegaConf.merge(run_cfg, {"paths": {"output_dir": str(run_dir)}})
     for key, value in overrides.items():
         replace = key == "data" and "_target_" in value  # another dataset, not a few settings

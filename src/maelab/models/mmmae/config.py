@@ -128,6 +128,9 @@ class EvaluationConfig:
     infilling: bool = True  # also: cross_modal series hidden alone (all days; gaps), rest visible
     gap_days: list[int] = field(default_factory=lambda: [7, 30])  # infilling gaps (days;
     # those not shorter than data.seq_len are skipped, and not recorded)
+    regression: list[str] = field(default_factory=list)  # forcing series of the `regression`
+    # baseline of the cross-modal and infilling tests (maelab.models.mmmae.regression); [] = none
+    regression_windows: int = 4000  # training windows it is fitted on
 
     def __post_init__(self) -> None:
         positive_int("climatology_window", self.climatology_window)
@@ -135,6 +138,10 @@ class EvaluationConfig:
             positive_int("figure_day", self.figure_day, minimum=0)
         for i, gap in enumerate(self.gap_days):
             positive_int(f"gap_days[{i}]", gap)
+        positive_int("regression_windows", self.regression_windows)
+        if self.regression and self.cross_modal is None:
+            raise ConfigError("regression", self.regression,
+                              "[] when cross_modal is null (it predicts the cross_modal series)")
 
 
 @dataclass

@@ -12,6 +12,8 @@ Tests, for the `cross_modal` series (riverflow) when it is present:
 - infilling (`infilling`), everything else visible (full forcings): hidden alone on every day
   (`alone`), and one gap of each length of `gap_days` at a fixed random place per window
   (`gap<L>`; interpolation baselines across the gap).
+With `regression` (forcing series), these tests also get the `regression` baseline: gradient-
+boosted trees on the window's visible forcing (`maelab.models.mmmae.regression`).
 Only the tests that ran are recorded. `MMMAEModule` feeds `TestEvaluation` batch by batch
 (single process).
 """
@@ -32,6 +34,7 @@ from maelab.data.contracts import HydroInfo
 from maelab.data.hydro.store import PreparedStore
 from maelab.models.mmmae.loss import patch_stats
 from maelab.models.mmmae.masking import MaskedHydroBatch, gap_mask, window_noise
+from maelab.models.mmmae.regression import ForcingRegression
 from maelab.scoring.hydro_metrics import (
     FLOW_SCORES,
     ErrorSums,
@@ -46,7 +49,7 @@ from maelab.scoring.hydro_metrics import (
 )
 
 MODEL = "mmmae"  # the model's rows in the results table
-SERIES_BASELINES = ("climatology", "interpolation", "interpolation_log")
+SERIES_BASELINES = ("climatology", "interpolation", "interpolation_log", "regression")
 _GAP_STREAM = -100  # keys a gap's place apart from the masks' streams: stream −100 − length
 
 
@@ -112,8 +115,10 @@ class TestEvaluation:
     def __init__(self, info: HydroInfo, evaluation: Mapping[str, Any], norm_pix_loss: bool,
                  clim: dict[str, torch.Tensor], seed: int = 0,
                  catchment_ids: Sequence[str] | None = None,
-                 catchment_names: Sequence[str] | None = None) -> None:
+                 catchment_names: Sequence[str] | None = None,
+                 regression: ForcingRegression | None = None) -> None:
         self.info, self.evaluation, self.norm_pix_loss, self.clim = info, evaluation, norm_pix_loss, clim
+        self.regression = regression  # fitted; rows `regression` of the cross-modal tests
         self.seed = int(seed)
         self.catchment_ids = list(catchment_ids or [])
         self.catchment_names = list(catchment_names or [])
@@ -159,6 +164,10 @@ class TestEvaluation:
         item = {"true": true, MODEL: self._phys(s, pred).cpu(), "climatology": c,
                 "select": hidden & valid, "hidden": hidden, "catchment": catchment,
                 "time": batch["time"].cpu()}
+        test = key.partition(":")[2]
+        if test and self.regression is not None and self.regression.target == s:
+            # all_hidden: the forcing keeps its test masks; alone and gaps: shown on every day
+            item["regression"] = self.regression.predict(batch, visible=test != "all_hidden")
         if interpolate:
             known = valid & ~hidden
             item["interpolation"] = interpolate_days(true, known)

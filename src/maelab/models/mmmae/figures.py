@@ -71,7 +71,8 @@ def plot_hydrograph(data: dict[str, np.ndarray], row: int, name: str,
     ax.plot(dates, true, color="black", lw=1.4, label="observed")
     ax.plot(dates[~hidden], true[~hidden], "o", color="black", ms=3, label="visible days")
     styles = {"climatology": ("tab:gray", ":"), "interpolation": ("tab:orange", "--"),
-              "interpolation_log": ("tab:brown", "-."), "mmmae": ("tab:blue", "-")}
+              "interpolation_log": ("tab:brown", "-."), "regression": ("tab:purple", ":"),
+              "mmmae": ("tab:blue", "-")}
     for method, (color, ls) in ((m, st) for m, st in styles.items() if m in data):
         recon = np.where(hidden, data[method][row], true)
         ax.plot(dates, recon, color=color, ls=ls, lw=1.2, label=method)

@@ -26,6 +26,7 @@ from maelab.models.mmmae.loss import mmmae_loss, nse_star, selected_mse
 from maelab.models.mmmae.masking import MaskedHydroBatch, decode_subset, with_masks
 from maelab.models.mmmae.model import MMMAE
 from maelab.models.mmmae.priors import doy_index, grid_priors, normalise, normalised_climatology
+from maelab.models.mmmae.regression import ForcingRegression, training_batches
 from maelab.scoring.hydro_metrics import interpolate_days
 
 _HIDE_SERIES_STREAM = -2  # keys the whole-series hiding noise apart from the masks' streams
@@ -80,6 +81,12 @@ class MMMAEModule(MaeModule):
         if target is not None and target not in self.info.series_names:
             raise ConfigError("model.evaluation.cross_modal", target,
                               f"null or a series: {', '.join(self.info.series_names)}")
+        others = [n for n in self.info.series_names if n != target]
+        for key in evaluation.get("regression") or []:
+            if key not in others:
+                raise ConfigError("model.evaluation.regression", key,
+                                  f"a list of series other than the cross_modal one ({target}): "
+                                  f"{', '.join(others) or 'none'}")
         # the config's defaults and choices (checked again here for modules built directly)
         self.series_shrink = CalibrationConfig(**(calibration or {})).series_shrink
         self.net = self._build_net(dict(net))
@@ -356,7 +363,24 @@ class MMMAEModule(MaeModule):
         self._evaluation = TestEvaluation(self.info, ev, bool(self.hparams.loss.get("norm_pix_loss")),
                                           self._climatology, seed=self.hparams.seed,
                                           catchment_ids=getattr(dm, "catchment_ids", None),
-                                          catchment_names=getattr(dm, "catchment_names", None))
+                                          catchment_names=getattr(dm, "catchment_names", None),
+                                          regression=self._fit_regression(dm))
+
+    def _fit_regression(self, dm: L.LightningDataModule) -> ForcingRegression | None:
+        """The regression baseline of `evaluation.regression` (None when off), fitted on
+        `evaluation.regression_windows` training windows with their training masks."""
+        ev = self.hparams.evaluation
+        forcing, target = list(ev.get("regression") or []), ev.get("cross_modal")
+        if not forcing or target not in self.info.series_names:
+            return None
+        seed = int(self.hparams.seed)
+        std = catchment_std(dm.store, dm.splits["train"], [target])[target]
+        model = ForcingRegression(target, forcing, self.info.stats, self._climatology[target], std,
+                                  seed=seed)
+        # chunk i of the windows gets the masks of training stream i, as epoch i would
+        return model.fit(training_batches(dm.datasets["train"], dm.collate(),
+                                          int(ev.get("regression_windows", 4000)), seed,
+                                          lambda b, i: self.masked(b, i)))
 
     def test_step(self, batch: HydroBatch, batch_idx: int) -> None:
         self._evaluation.add_batch(self.masked(batch, -1),

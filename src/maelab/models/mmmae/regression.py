@@ -1,0 +1,143 @@
+"""A learned rainfall–runoff baseline for the cross-modal tests: gradient-boosted trees.
+
+`ForcingRegression` predicts a series that is hidden on every day (riverflow) from what the
+window shows of its forcing series (catchment precipitation and temperature), day by day:
+- each forcing series' value on the day (NaN where it is hidden or missing);
+- its means over the visible valid days of the last k days of the window (k = 2 … 90), with
+  the share of those days that were visible, and over the next 2, 7 and 30 days;
+- the day of the year (sine, cosine) and the day's place in the window;
+- the catchment: its training-period climatology of the target on that day (log1p), its
+  training standard deviation, and its index (a categorical feature, up to 255 catchments).
+
+The target series is never an input, and a non-negative target (one normalised in log space,
+such as a flow) is never predicted below 0. The trees (scikit-learn's `HistGradientBoostingRegressor`,
+squared error) learn the target's departure from its climatology over its training spread, the
+scale of NSE\\*, from training-period windows. Two are fitted: one on windows whose forcing
+keeps its training masks (the cross-modal test), one on windows with the forcing visible on
+every day (the `alone` and gap tests). The MAE sees the same windows, the same visible days and
+the same climatology, so the baseline asks what a plain learner makes of that information.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from maelab.scoring.hydro_metrics import day_of_year, denormalise
+
+BACK_DAYS = (2, 3, 5, 7, 10, 15, 20, 30, 45, 60, 90)  # trailing means (days, within the window)
+AHEAD_DAYS = (2, 7, 30)  # leading means
+MAX_CATEGORIES = 255  # scikit-learn's limit on a categorical feature's levels
+
+
+def trailing_means(x: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the seen values over days [t − k + 1, t] of each window (NaN where none was seen)
+    and the seen share of the days there are; x, seen (B, T) → two (B, T)."""
+    b, t = x.shape
+    zero = np.zeros((b, 1))
+    total = np.concatenate([zero, np.cumsum(np.where(seen, x, 0.0), 1)], 1)  # (B, T + 1)
+    count = np.concatenate([zero, np.cumsum(seen, 1, dtype=np.float64)], 1)
+    hi = np.arange(1, t + 1)
+    lo = np.maximum(hi - k, 0)
+    s, n = total[:, hi] - total[:, lo], count[:, hi] - count[:, lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, s / n, np.nan), n / (hi - lo)
+
+
+class ForcingRegression:
+    """Gradient-boosted trees: a series from the window's visible forcing series (module doc)."""
+
+    def __init__(self, target: str, forcing: Sequence[str], stats: Mapping[str, Mapping],
+                 climatology: torch.Tensor, spread: torch.Tensor, seed: int = 0) -> None:
+        """`climatology` (366, C) and `spread` (C,): the target's daily climatology and standard
+        deviation per catchment over the training period, physical units."""
+        self.target, self.forcing, self.stats = target, list(forcing), stats
+        self.clim = climatology.double().numpy()  # (366, C)
+        spread = spread.double().numpy()
+        self.spread = np.where(spread > 0, spread, 1.0)  # (C,)
+        self.categorical = self.clim.shape[1] <= MAX_CATEGORIES
+        self.seed = int(seed)
+        self.trees: dict[bool, object] = {}  # forcing visible? → fitted trees
+
+    def features(self, batch: Mapping, visible: bool) -> np.ndarray:
+        """(B · T, F) float64 features of every window day; `visible`: the forcing is shown on
+        every valid day, else only where the batch's `series_mask` leaves it visible."""
+        c = batch["catchment"].cpu().numpy()  # (B,)
+        b, t = batch["time"].shape
+        cols = []
+        for s in self.forcing:
+            x = denormalise(batch["series"][s].cpu(), self.stats[s]).numpy()  # (B, T)
+            seen = (batch["series_valid"][s] & batch["present"][s].view(-1, 1)).cpu().numpy()
+            if not visible:
+                seen = seen & ~batch["series_mask"][s].cpu().numpy()
+            cols.append(np.where(seen, x, np.nan))
+            for k in BACK_DAYS:
+                cols.extend(trailing_means(x, seen, k))
+            for k in AHEAD_DAYS:  # the same means over days [t, t + k − 1], read backwards
+                mean, _ = trailing_means(x[:, ::-1], seen[:, ::-1], k)
+                cols.append(mean[:, ::-1])
+        doy = day_of_year(batch["time"].cpu())  # (B, T)
+        angle = 2 * np.pi * doy / 366.0
+        cols += [np.sin(angle), np.cos(angle), np.broadcast_to(np.arange(t, dtype=float), (b, t)),
+                 np.log1p(np.maximum(self.clim[doy, c[:, None]], 0.0)),
+                 np.broadcast_to(self.spread[c][:, None], (b, t))]
+        if self.categorical:
+            cols.append(np.broadcast_to(c[:, None].astype(float), (b, t)))
+        return np.stack(cols, -1).reshape(b * t, -1)
+
+    def _scaled_target(self, batch: Mapping) -> tuple[np.ndarray, np.ndarray]:
+        """(B · T,) the target's departure from climatology over its spread, and its validity."""
+        c = batch["catchment"].cpu().numpy()
+        q = denormalise(batch["series"][self.target].cpu(), self.stats[self.target]).numpy()
+        doy = day_of_year(batch["time"].cpu())
+        y = (q - self.clim[doy, c[:, None]]) / self.spread[c][:, None]  # (B, T)
+        ok = batch["series_valid"][self.target].cpu().numpy() & np.isfinite(y)
+        return y.reshape(-1), ok.reshape(-1)
+
+    def fit(self, batches: Iterable[Mapping]) -> ForcingRegression:
+        """Fit both trees (forcing visible, forcing masked) on the valid target days of training
+        `batches` (with masks), read once."""
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        xs: dict[bool, list[np.ndarray]] = {False: [], True: []}
+        ys = []
+        for batch in batches:
+            y, ok = self._scaled_target(batch)
+            for visible, x in xs.items():
+                x.append(self.features(batch, visible)[ok])
+            ys.append(y[ok])
+        y = np.concatenate(ys)
+        for visible, x in xs.items():
+            x = np.concatenate(x)
+            trees = HistGradientBoostingRegressor(
+                max_iter=400, learning_rate=0.05, random_state=self.seed,
+                categorical_features=[x.shape[1] - 1] if self.categorical else None)
+            self.trees[visible] = trees.fit(x, y)
+        return self
+
+    def predict(self, batch: Mapping, visible: bool) -> torch.Tensor:
+        """(B, T) float64 predictions of the target in physical units (not below 0 for a series
+        normalised in log space, i.e. a non-negative one such as a flow)."""
+        c = batch["catchment"].cpu().numpy()
+        b, t = batch["time"].shape
+        doy = day_of_year(batch["time"].cpu())
+        y = self.trees[visible].predict(self.features(batch, visible)).reshape(b, t)
+        pred = self.clim[doy, c[:, None]] + self.spread[c][:, None] * y
+        if self.stats[self.target]["log"]:
+            pred = np.maximum(pred, 0.0)
+        return torch.from_numpy(pred)
+
+
+def training_batches(dataset: torch.utils.data.Dataset, collate: Callable, n_windows: int,
+                     seed: int, masked: Callable[[Mapping, int], Mapping], chunk: int = 64
+                     ) -> Iterator[Mapping]:
+    """`n_windows` training windows (all, if fewer) drawn without replacement by `seed`, in
+    batches of `chunk` with the masks `masked(batch, i)` of training stream i (the i-th chunk),
+    one batch at a time."""
+    rng = np.random.default_rng(seed)
+    n = min(int(n_windows), len(dataset))
+    idx = rng.choice(len(dataset), n, replace=False)
+    for i, lo in enumerate(range(0, n, chunk)):
+        yield masked(collate([dataset[int(j)] for j in idx[lo:lo + chunk]]), i)

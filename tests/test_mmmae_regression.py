@@ -1,0 +1,100 @@
+"""The regression baseline of the cross-modal tests (maelab.models.mmmae.regression)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from maelab.models.mmmae.regression import ForcingRegression, trailing_means, training_batches
+from maelab.scoring.hydro_metrics import nse
+
+T, C = 60, 4
+STATS = {"rain": {"mean": 0.0, "std": 1.0, "log": False},
+         "flow": {"mean": 0.0, "std": 1.0, "log": True}}  # log: the flow is non-negative
+
+
+def windows(n: int, seed: int, hidden_share: float = 0.75) -> dict:
+    """n windows of a rain series and a flow that is its 10-day trailing mean (in the window's
+    own past, and a catchment factor), rain hidden on a random `hidden_share` of the days. The
+    `series` values are the physical ones (STATS: identity, log1p for the flow)."""
+    g = np.random.default_rng(seed)
+    rain = g.gamma(0.6, 4.0, (n, T))
+    catchment = g.integers(0, C, n)
+    flow = np.stack([np.convolve(r, np.ones(10) / 10)[:T] for r in rain]) * (1 + catchment[:, None])
+    start = g.integers(0, 3000, n)
+    return {"series": {"rain": torch.from_numpy(rain).float(),
+                       "flow": torch.from_numpy(np.log1p(flow)).float()},
+            "series_valid": {"rain": torch.ones(n, T, dtype=torch.bool),
+                             "flow": torch.ones(n, T, dtype=torch.bool)},
+            "series_mask": {"rain": torch.from_numpy(g.random((n, T)) < hidden_share),
+                            "flow": torch.ones(n, T, dtype=torch.bool)},
+            "present": {"rain": torch.ones(n, dtype=torch.bool), "flow": torch.ones(n, dtype=torch.bool)},
+            "catchment": torch.from_numpy(catchment),
+            "time": torch.from_numpy(start[:, None] + np.arange(T))}
+
+
+def make_regression() -> ForcingRegression:
+    clim = torch.ones(366, C)  # a flat climatology of 1 mm/day and a spread of 1
+    return ForcingRegression("flow", ["rain"], STATS, clim, torch.ones(C), seed=0)
+
+
+def test_trailing_means_match_a_loop() -> None:
+    g = np.random.default_rng(0)
+    x, seen = g.random((3, 20)), g.random((3, 20)) < 0.4
+    for k in (1, 3, 7, 30):
+        mean, share = trailing_means(x, seen, k)
+        for b in range(3):
+            for t in range(20):
+                days = slice(max(t - k + 1, 0), t + 1)
+                s = seen[b, days]
+                assert share[b, t] == pytest.approx(s.mean())
+                if s.any():
+                    assert mean[b, t] == pytest.approx(x[b, days][s].mean())
+                else:
+                    assert np.isnan(mean[b, t])
+
+
+def test_features_read_only_the_visible_forcing_and_never_the_target() -> None:
+    """Hidden rain values and every flow value can change without changing the features of the
+    forcing-masked trees; with the forcing visible, every rain value counts."""
+    model, batch = make_regression(), windows(8, seed=1)
+    masked, shown = model.features(batch, visible=False), model.features(batch, visible=True)
+    hidden = batch["series_mask"]["rain"]
+    changed = {**batch, "series": {"rain": torch.where(hidden, 99.0, batch["series"]["rain"]),
+                                   "flow": batch["series"]["flow"] * 0 + 5.0}}
+    np.testing.assert_array_equal(model.features(changed, visible=False), masked)
+    assert not np.array_equal(model.features(changed, visible=True), shown, equal_nan=True)
+    assert np.isnan(masked[hidden.reshape(-1).numpy(), 0]).all()  # the day's own value
+
+
+def test_trees_learn_a_rainfall_runoff_relation_and_keep_flows_non_negative() -> None:
+    """On windows they were not fitted on, the trees reproduce a flow that is a trailing mean
+    of the rain better with the rain shown than with three quarters of it hidden, and both far
+    better than climatology (NSE 0 or less); no predicted flow is negative."""
+    model = make_regression().fit(windows(64, seed=s) for s in range(4))
+    test = windows(64, seed=10)
+    truth = np.expm1(test["series"]["flow"].double().numpy())
+    scores = {}
+    for visible in (True, False):
+        pred = model.predict(test, visible=visible)
+        assert pred.shape == (64, T) and (pred >= 0).all()
+        scores[visible] = nse(pred.numpy()[:, 10:], truth[:, 10:])
+    assert scores[True] > 0.9 and scores[True] > scores[False] > 0.3
+
+
+def test_training_batches_draw_without_replacement_and_mask_each_chunk() -> None:
+    data = list(range(10))
+    seen_streams = []
+
+    def masked(batch: list, stream: int) -> list:
+        seen_streams.append(stream)
+        return batch
+
+    out = list(training_batches(data, list, n_windows=7, seed=3, masked=masked, chunk=3))
+    assert [len(b) for b in out] == [3, 3, 1] and seen_streams == [0, 1, 2]
+    drawn = [w for b in out for w in b]
+    assert len(set(drawn)) == 7
+    again = list(training_batches(data, list, n_windows=7, seed=3, masked=lambda b, i: b, chunk=3))
+    assert [w for b in again for w in b] == drawn  # keyed by the seed
+    assert sum(len(b) for b in training_batches(data, list, 50, 0, lambda b, i: b)) == 10
