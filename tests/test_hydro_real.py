@@ -110,14 +110,16 @@ def test_haduk_grid_with_camels_v2_series(tmp_path: Path) -> None:
 
 def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None:
     """`experiment=hydro_camels` (NSE* on riverflow, forcing series) on the real series, with
-    their missing days: every catchment's training spread is finite and the run trains and tests."""
+    their missing days: every catchment's training spread is finite and the run trains and tests,
+    beside the regression baseline of the cross-modal tests."""
     from maelab.pipeline import build_datamodule, build_module, train
     from tests.conftest import compose_cfg
 
     if not CAMELS.is_dir():
         pytest.skip(f"{CAMELS} not available")
     cfg = compose_cfg("train", ["experiment=hydro_camels", "debug=fast",
-                                "callbacks.progress_bar=null", f"data.cache_dir={tmp_path / 'cache'}"],
+                                "callbacks.progress_bar=null", f"data.cache_dir={tmp_path / 'cache'}",
+                                "model.evaluation.regression_windows=256"],
                       tmp_path / "run")
     assert list(cfg.model.loss.nse_star) == ["riverflow"]
     assert cfg.model.hide_series_others == "mixed"
@@ -129,3 +131,6 @@ def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None
     assert std.shape == (60,) and np.isfinite(std).all() and (std > 0).all()
     metrics, _ = train(cfg)
     assert np.isfinite(metrics["test"]["riverflow / mmmae"]["nse_median"])
+    for test in ("riverflow (all days hidden)", "riverflow (alone, all days hidden)"):
+        row = metrics["test"][f"{test} / regression"]
+        assert np.isfinite(row["nse_median"]) and row["n"] == metrics["test"][f"{test} / mmmae"]["n"]
