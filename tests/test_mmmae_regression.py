@@ -83,6 +83,12 @@ def test_trees_learn_a_rainfall_runoff_relation_and_keep_flows_non_negative() ->
     assert scores[True] > 0.9 and scores[True] > scores[False] > 0.3
 
 
+def test_no_valid_target_day_fits_nothing() -> None:
+    batch = windows(4, seed=2)
+    batch["series_valid"]["flow"] = torch.zeros(4, T, dtype=torch.bool)
+    assert make_regression().fit([batch]).trees == {}
+
+
 def test_training_batches_draw_without_replacement_and_mask_each_chunk() -> None:
     data = list(range(10))
     seen_streams = []

@@ -431,8 +431,8 @@ class FactorisedMMMAE(nn.Module):
     def forcing_from_series(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """(B, T, forcing series · (2 + A)) each of `forcing_series` on its visible valid days:
         the value (0 elsewhere), whether it is visible, and its A antecedent means over
-        `antecedent_days` taken over the visible valid days only (0 before the first); 0 where the series is
-        absent. The catchment's forcing when it comes as series rather than grids (CAMELS)."""
+        `antecedent_days` taken over the visible valid days only (0 before the first); 0 where
+        the series is absent. The catchment's forcing when it comes as series rather than grids (CAMELS)."""
         parts = []
         with torch.no_grad():
             for s in self.forcing_series:

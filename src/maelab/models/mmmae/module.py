@@ -378,9 +378,14 @@ class MMMAEModule(MaeModule):
         model = ForcingRegression(target, forcing, self.info.stats, self._climatology[target], std,
                                   seed=seed)
         # chunk i of the windows gets the masks of training stream i, as epoch i would
-        return model.fit(training_batches(dm.datasets["train"], dm.collate(),
-                                          int(ev.get("regression_windows", 4000)), seed,
-                                          lambda b, i: self.masked(b, i)))
+        model.fit(training_batches(dm.datasets["train"], dm.collate(),
+                                   int(ev.get("regression_windows", 4000)), seed,
+                                   lambda b, i: self.masked(b, i)))
+        if not model.trees:
+            rank_zero_warn(f"model.evaluation.regression: the drawn training windows hold no "
+                           f"valid {target} day, so the regression baseline is left out")
+            return None
+        return model
 
     def test_step(self, batch: HydroBatch, batch_idx: int) -> None:
         self._evaluation.add_batch(self.masked(batch, -1),

@@ -98,7 +98,8 @@ class ForcingRegression:
 
     def fit(self, batches: Iterable[Mapping]) -> ForcingRegression:
         """Fit both trees (forcing visible, forcing masked) on the valid target days of training
-        `batches` (with masks), read once."""
+        `batches` (with masks), read once. Without any valid target day nothing is fitted
+        (`trees` stays empty)."""
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         xs: dict[bool, list[np.ndarray]] = {False: [], True: []}
@@ -109,6 +110,8 @@ class ForcingRegression:
                 x.append(self.features(batch, visible)[ok])
             ys.append(y[ok])
         y = np.concatenate(ys)
+        if not y.size:
+            return self
         for visible, x in xs.items():
             x = np.concatenate(x)
             trees = HistGradientBoostingRegressor(
