@@ -337,6 +337,19 @@ def test_bad_configs_fail_early(overrides: list[str], key: str) -> None:
         validate_config(cfg)
 
 
+def test_the_joint_experiment_builds_from_its_config(cache: str) -> None:
+    """`experiment=hydro_joint` builds the joint model from the checked config (whose defaults
+    hold factorised-only keys such as `antecedent_days`) and runs a forward pass."""
+    cfg = compose_cfg("train", ["experiment=hydro_joint", *SMALL[1:], cache])
+    validate_config(cfg)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    assert type(module.net).__name__ == "MMMAE"
+    batch = module.masked(next(iter(dm.val_dataloader())), -1)
+    out = module(batch)
+    assert all(torch.isfinite(p).all() for p in out["series"].values())
+
+
 def test_unknown_loss_weight_names_the_modalities(tmp_path: Path, cache: str) -> None:
     cfg = compose_cfg("train", [*SMALL, cache, "+model.loss.weights.snow=1.0"], tmp_path / "w")
     validate_config(cfg)

@@ -113,6 +113,7 @@ class MMMAEModule(MaeModule):
         if attention == "joint":
             net.pop("grid_priors", None)
             net.pop("forcing_series", None)
+            net.pop("antecedent_days", None)  # factorised only (checked by NetConfig)
             skip = "interpolation" if "interpolation" in net.pop("series_priors", []) else "none"
             return MMMAE(**layout, **net, series_skip=skip)
         net.pop("temporal_patch", None)
