@@ -147,15 +147,26 @@ class TestEvaluation:
         if self.evaluation.get("infilling", True):
             tests = infilling_batches(batch, target, self.evaluation.get("gap_days") or [],
                                       self.seed)
+            # the forcing is shown on every day in each of these tests: one prediction for all
+            shown = self._regression(batch, target, visible=True)
             for test, masked in tests.items():
                 pred = model(masked)["series"][target]
                 self._collect(f"{target}:{test}", target, masked, pred,
-                              masked["series_mask"][target], interpolate=test != "alone")
+                              masked["series_mask"][target], interpolate=test != "alone",
+                              regression=shown)
+
+    def _regression(self, batch: MaskedHydroBatch, s: str, visible: bool) -> torch.Tensor | None:
+        """The regression baseline's (B, T) prediction of series `s` (None when it has none)."""
+        if self.regression is None or self.regression.target != s:
+            return None
+        return self.regression.predict(batch, visible=visible)
 
     def _collect(self, key: str, s: str, batch: MaskedHydroBatch, pred: torch.Tensor,
-                 hidden: torch.Tensor, interpolate: bool) -> None:
+                 hidden: torch.Tensor, interpolate: bool,
+                 regression: torch.Tensor | None = None) -> None:
         """Keep the (B, T) truth, the model's and the baselines' values (physical units) of
-        series `s` under `key`; interpolation only where visible days are to be had."""
+        series `s` under `key`; interpolation only where visible days are to be had; the
+        regression baseline's `regression` (B, T) when given."""
         doy = torch.from_numpy(day_of_year(batch["time"].cpu()))  # (B, T)
         catchment = batch["catchment"].cpu()
         true, valid = self._phys(s, batch["series"][s]).cpu(), batch["series_valid"][s].cpu()
@@ -164,10 +175,8 @@ class TestEvaluation:
         item = {"true": true, MODEL: self._phys(s, pred).cpu(), "climatology": c,
                 "select": hidden & valid, "hidden": hidden, "catchment": catchment,
                 "time": batch["time"].cpu()}
-        test = key.partition(":")[2]
-        if test and self.regression is not None and self.regression.target == s:
-            # all_hidden: the forcing keeps its test masks; alone and gaps: shown on every day
-            item["regression"] = self.regression.predict(batch, visible=test != "all_hidden")
+        if regression is not None:
+            item["regression"] = regression
         if interpolate:
             known = valid & ~hidden
             item["interpolation"] = interpolate_days(true, known)
@@ -208,7 +217,8 @@ class TestEvaluation:
         target = self.evaluation.get("cross_modal")
         if all_hidden is not None:
             self._collect(f"{target}:all_hidden", target, batch, all_hidden,
-                          torch.ones_like(batch["series_valid"][target]), interpolate=False)
+                          torch.ones_like(batch["series_valid"][target]), interpolate=False,
+                          regression=self._regression(batch, target, visible=False))
         if self.example is None:
             self.example = example
 
