@@ -24,7 +24,7 @@ HIDE_SERIES_OTHERS = ("masked", "visible", "mixed")  # the other series when one
 SERIES_SHRINK = ("by_distance", "none")  # calibration.series_shrink values
 # the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
 GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
-SERIES_PRIORS = ("interpolation", "climatology")
+SERIES_PRIORS = ("interpolation", "climatology", "regression")
 ANTECEDENT_DAYS = (3.0, 10.0, 30.0)  # default scales (days) of the forcing's antecedent means
 
 
@@ -52,7 +52,7 @@ class NetConfig:
     attn_dropout: float = 0.0  # > 0 disables the fused attention kernel
     # decoder priors; prediction = weighted priors + correction, starting at the first one
     grid_priors: list[str] = field(default_factory=lambda: list(GRID_PRIORS))
-    series_priors: list[str] = field(default_factory=lambda: list(SERIES_PRIORS))
+    series_priors: list[str] = field(default_factory=lambda: ["interpolation", "climatology"])
     decode_fraction: float = 1.0  # share of hidden grid tokens decoded per training step
     catchment_location: bool = False  # static/series tokens get the catchment's patch-grid place
     forcing_series: list[str] = field(default_factory=list)  # series whose visible values and
@@ -192,6 +192,11 @@ class MMMAEConfig(ModelConfig):
     def __post_init__(self) -> None:
         in_range("hide_series", self.hide_series, 0.0, 1.0)
         one_of("hide_series_others", self.hide_series_others, HIDE_SERIES_OTHERS)
+        if "regression" in self.net.series_priors and (
+                self.evaluation.cross_modal is None or not self.net.forcing_series):
+            raise ConfigError("net.series_priors", self.net.series_priors,
+                              "no `regression` without evaluation.cross_modal (the series it "
+                              "predicts) and net.forcing_series (what it predicts it from)")
 
     @property
     def unused_parameters(self) -> bool:

@@ -572,7 +572,8 @@ class FactorisedMMMAE(nn.Module):
                 with torch.no_grad():
                     s_priors[s] = series_priors(self.series_prior_names, batch["series"][s],
                                                 batch["series_valid"][s], batch["series_mask"][s],
-                                                self._clim(s, batch, doy))  # (B, T, K)
+                                                self._clim(s, batch, doy),
+                                                batch.get("regression_prior", {}).get(s))  # (B, T, K)
                 q = q + self.series_prior_embed[s](s_priors[s])
             q_series.append(q)
         q_series_t = torch.stack(q_series, 2) if q_series else at_day.new_zeros(b, t, 0, dd)

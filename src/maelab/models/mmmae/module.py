@@ -26,7 +26,7 @@ from maelab.models.mmmae.loss import mmmae_loss, nse_star, selected_mse
 from maelab.models.mmmae.masking import MaskedHydroBatch, decode_subset, with_masks
 from maelab.models.mmmae.model import MMMAE
 from maelab.models.mmmae.priors import doy_index, grid_priors, normalise, normalised_climatology
-from maelab.models.mmmae.regression import ForcingRegression, training_batches
+from maelab.models.mmmae.regression import ForcingRegression, RegressionPrior, training_batches
 from maelab.scoring.hydro_metrics import interpolate_days
 
 _HIDE_SERIES_STREAM = -2  # keys the whole-series hiding noise apart from the masks' streams
@@ -87,6 +87,12 @@ class MMMAEModule(MaeModule):
                 raise ConfigError("model.evaluation.regression", key,
                                   f"a list of series other than the cross_modal one ({target}): "
                                   f"{', '.join(others) or 'none'}")
+        uses_prior = "regression" in (net.get("series_priors") or [])
+        if uses_prior and (target is None or not net.get("forcing_series")):
+            raise ConfigError("model.net.series_priors", net.get("series_priors"),
+                              "no `regression` without model.evaluation.cross_modal (the series "
+                              "it predicts) and model.net.forcing_series (its inputs)")
+        self._prior_target = target if uses_prior else None  # the series the trees predict
         # the config's defaults and choices (checked again here for modules built directly)
         self.series_shrink = CalibrationConfig(**(calibration or {})).series_shrink
         self.net = self._build_net(dict(net))
@@ -101,6 +107,7 @@ class MMMAEModule(MaeModule):
         self._results: dict[str, Any] = {}
         self._climatology: dict[str, torch.Tensor] | None = None  # physical units (baselines)
         self._series_std: dict[str, torch.Tensor] = {}  # (C,) training std per catchment (NSE*)
+        self._prior_trees: RegressionPrior | None = None  # the `regression` prior (use_data)
 
     def _build_net(self, net: dict[str, Any]) -> FactorisedMMMAE | MMMAE:
         info = self.info
@@ -136,13 +143,34 @@ class MMMAEModule(MaeModule):
                                          self.hparams.loss.get("nse_star") or [])
         if isinstance(self.net, FactorisedMMMAE):
             self.net.set_climatology(normalised_climatology(self._climatology, self.info.stats))
+        if self._prior_target is not None:
+            self._prior_trees = self._fit_trees(datamodule, RegressionPrior,
+                                                self.hparams.net["forcing_series"])
+            if not self._prior_trees.trees:
+                raise ValueError(f"model.net.series_priors: the regression prior needs valid "
+                                 f"{self._prior_target} days in the training years of both "
+                                 f"parities (even and odd), and the drawn training windows hold "
+                                 f"none of one")
 
     def forward(self, batch: MaskedHydroBatch, decode: dict[str, torch.Tensor] | None = None
                 ) -> dict[str, dict[str, torch.Tensor]]:
         """Reconstructions (normalised units); bf16 autocast on GPU. `decode`: the hidden grid
         tokens to predict (factorised; default every hidden one)."""
+        if self._prior_target is not None:
+            batch = self._with_regression_prior(batch)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             return self.net(batch) if decode is None else self.net(batch, decode)
+
+    def _with_regression_prior(self, batch: MaskedHydroBatch) -> MaskedHydroBatch:
+        """`batch` with the `regression` prior of the cross-modal series (model units): the
+        trees' prediction from the forcing its masks leave visible, cross-fitted in training."""
+        if self._prior_trees is None:
+            raise RuntimeError("the regression prior needs its trees: call use_data(datamodule) "
+                               "first (Lightning's setup does)")
+        s = self._prior_target
+        pred = self._prior_trees.prior(batch, cross_fitted=self.training)  # (B, T) physical
+        prior = normalise(pred, self.info.stats[s]).to(batch["series"][s].device)
+        return {**batch, "regression_prior": {s: prior}}
 
     # ---- masks ----------------------------------------------------------------------------------
     def masked(self, batch: HydroBatch, stream: int) -> MaskedHydroBatch:
@@ -374,19 +402,25 @@ class MMMAEModule(MaeModule):
         forcing, target = list(ev.get("regression") or []), ev.get("cross_modal")
         if not forcing or target not in self.info.series_names:
             return None
-        seed = int(self.hparams.seed)
-        std = catchment_std(dm.store, dm.splits["train"], [target])[target]
-        model = ForcingRegression(target, forcing, self.info.stats, self._climatology[target], std,
-                                  seed=seed)
-        # chunk i of the windows gets the masks of training stream i, as epoch i would
-        model.fit(training_batches(dm.datasets["train"], dm.collate(),
-                                   int(ev.get("regression_windows", 4000)), seed,
-                                   lambda b, i: self.masked(b, i)))
+        model = self._fit_trees(dm, ForcingRegression, forcing)
         if not model.trees:
             rank_zero_warn(f"model.evaluation.regression: the drawn training windows hold no "
                            f"valid {target} day, so the regression baseline is left out")
             return None
         return model
+
+    def _fit_trees(self, dm: L.LightningDataModule, kind: type[ForcingRegression],
+                   forcing: list[str]) -> ForcingRegression:
+        """Trees of `kind` predicting the cross_modal series from `forcing`, fitted on
+        `evaluation.regression_windows` training windows drawn by the seed, with their training
+        masks (chunk i gets those of training stream i, as epoch i would)."""
+        ev = self.hparams.evaluation
+        target, seed = ev["cross_modal"], int(self.hparams.seed)
+        std = catchment_std(dm.store, dm.splits["train"], [target])[target]
+        model = kind(target, forcing, self.info.stats, self._climatology[target], std, seed=seed)
+        return model.fit(training_batches(dm.datasets["train"], dm.collate(),
+                                          int(ev.get("regression_windows", 4000)), seed,
+                                          lambda b, i: self.masked(b, i)))
 
     def test_step(self, batch: HydroBatch, batch_idx: int) -> None:
         self._evaluation.add_batch(self.masked(batch, -1),

@@ -14,6 +14,8 @@ Grids (B, T, P, p²) normalised:
 Series (B, T) normalised (log1p first where the data says so):
     interpolation    linear in time between the visible valid days
     climatology      per catchment, the training period's daily climatology
+    regression       the cross-modal series only: gradient-boosted trees on the visible forcing
+                     series (maelab.models.mmmae.regression.RegressionPrior, given by the module)
 Missing values fall back along the list (interpolation → neighbour mean → climatology → 0 for
 grids; interpolation → climatology → 0 for series), so every prior is finite.
 """
@@ -152,10 +154,13 @@ def antecedent(x: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
 
 
 def series_priors(names: Sequence[str], x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,
-                  clim: torch.Tensor | None = None) -> torch.Tensor:
+                  clim: torch.Tensor | None = None, regression: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """(B, T, K) finite priors `names` of one series from its visible valid days.
 
-    x, valid, hidden (B, T); clim (B, T) the catchment's climatology on each window day.
+    x, valid, hidden (B, T); clim (B, T) the catchment's climatology on each window day;
+    regression (B, T) the trees' prediction from the visible forcing (`regression`; the series
+    it is not given for fall back to climatology).
     """
     zero = torch.zeros((), dtype=torch.float32, device=x.device)
     base = zero if clim is None else _or(clim.float(), zero)
@@ -166,6 +171,9 @@ def series_priors(names: Sequence[str], x: torch.Tensor, valid: torch.Tensor, hi
         if clim is None:
             raise ValueError("the climatology prior needs the climatology (set_climatology)")
         out["climatology"] = base.expand_as(x)
+    if "regression" in names:
+        out["regression"] = base.expand_as(x) if regression is None else \
+            _or(regression.float(), base)
     return torch.stack([out[n] for n in names], -1)
 
 

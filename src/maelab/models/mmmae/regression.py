@@ -59,7 +59,7 @@ class ForcingRegression:
         self.spread = np.where(spread > 0, spread, 1.0)  # (C,)
         self.categorical = self.clim.shape[1] <= MAX_CATEGORIES
         self.seed = int(seed)
-        self.trees: dict[bool, object] = {}  # forcing visible? → fitted trees
+        self.trees: dict[int, object] = {}  # forcing visible? (a parity: RegressionPrior) → trees
 
     def features(self, batch: Mapping, visible: bool) -> np.ndarray:
         """(B · T, F) float64 features of every window day; `visible`: the forcing is shown on
@@ -96,12 +96,18 @@ class ForcingRegression:
         ok = batch["series_valid"][self.target].cpu().numpy() & np.isfinite(y)
         return y.reshape(-1), ok.reshape(-1)
 
+    def _fit_trees(self, x: np.ndarray, y: np.ndarray) -> object:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        trees = HistGradientBoostingRegressor(
+            max_iter=400, learning_rate=0.05, random_state=self.seed,
+            categorical_features=[x.shape[1] - 1] if self.categorical else None)
+        return trees.fit(x, y)
+
     def fit(self, batches: Iterable[Mapping]) -> ForcingRegression:
         """Fit both trees (forcing visible, forcing masked) on the valid target days of training
         `batches` (with masks), read once. Without any valid target day nothing is fitted
         (`trees` stays empty)."""
-        from sklearn.ensemble import HistGradientBoostingRegressor
-
         xs: dict[bool, list[np.ndarray]] = {False: [], True: []}
         ys = []
         for batch in batches:
@@ -113,24 +119,80 @@ class ForcingRegression:
         if not y.size:
             return self
         for visible, x in xs.items():
-            x = np.concatenate(x)
-            trees = HistGradientBoostingRegressor(
-                max_iter=400, learning_rate=0.05, random_state=self.seed,
-                categorical_features=[x.shape[1] - 1] if self.categorical else None)
-            self.trees[visible] = trees.fit(x, y)
+            self.trees[visible] = self._fit_trees(np.concatenate(x), y)
         return self
 
-    def predict(self, batch: Mapping, visible: bool) -> torch.Tensor:
-        """(B, T) float64 predictions of the target in physical units (not below 0 for a series
-        normalised in log space, i.e. a non-negative one such as a flow)."""
+    def _physical(self, batch: Mapping, y: np.ndarray) -> torch.Tensor:
+        """Scaled departures y (B, T) → (B, T) float64 target values in physical units (not
+        below 0 for a series normalised in log space, i.e. a non-negative one such as a flow)."""
         c = batch["catchment"].cpu().numpy()
-        b, t = batch["time"].shape
         doy = day_of_year(batch["time"].cpu())
-        y = self.trees[visible].predict(self.features(batch, visible)).reshape(b, t)
         pred = self.clim[doy, c[:, None]] + self.spread[c][:, None] * y
         if self.stats[self.target]["log"]:
             pred = np.maximum(pred, 0.0)
         return torch.from_numpy(pred)
+
+    def predict(self, batch: Mapping, visible: bool) -> torch.Tensor:
+        """(B, T) float64 predictions of the target in physical units (`_physical`)."""
+        b, t = batch["time"].shape
+        return self._physical(batch, self.trees[visible].predict(
+            self.features(batch, visible)).reshape(b, t))
+
+
+def year_parity(time: torch.Tensor) -> np.ndarray:
+    """(B, T) days since 1970-01-01 → (B, T) int64 parity of each day's calendar year."""
+    days = time.cpu().numpy().astype("int64")
+    years = (np.datetime64("1970-01-01", "D") + days).astype("datetime64[Y]").astype("int64")
+    return (years + 1970) % 2
+
+
+class RegressionPrior(ForcingRegression):
+    """The trees as a decoder prior (`model.net.series_priors: [..., regression]`): one set per
+    parity of the target day's year, each fitted on the valid target days of the other
+    parity's years only, on the features of the batch's own masks and of the forcing visible on
+    every day (one set serves both kinds of batch: the features carry the visible shares).
+
+    In training a day is predicted by the set that never saw its year's targets (cross-fitted,
+    so the prior is as good as it will be on unseen periods, not better); elsewhere (validation,
+    test: periods no set saw) by the mean of both.
+    """
+
+    def fit(self, batches: Iterable[Mapping]) -> RegressionPrior:
+        """Fit both parity sets on training `batches` (with masks), read once; nothing is
+        fitted (`trees` stays empty) when a parity has no valid target day."""
+        xs: dict[int, list[np.ndarray]] = {0: [], 1: []}
+        ys: dict[int, list[np.ndarray]] = {0: [], 1: []}
+        for batch in batches:
+            y, ok = self._scaled_target(batch)
+            parity = year_parity(batch["time"]).reshape(-1)
+            x = np.concatenate([self.features(batch, False), self.features(batch, True)])
+            y, ok, parity = np.tile(y, 2), np.tile(ok, 2), np.tile(parity, 2)
+            for p in (0, 1):
+                xs[p].append(x[ok & (parity == p)])
+                ys[p].append(y[ok & (parity == p)])
+        y_by = {p: np.concatenate(v) for p, v in ys.items()}
+        if not all(v.size for v in y_by.values()):
+            return self
+        for p in (0, 1):  # the set that predicts days of parity 1 - p
+            self.trees[1 - p] = self._fit_trees(np.concatenate(xs[p]), y_by[p])
+        return self
+
+    def prior(self, batch: Mapping, cross_fitted: bool) -> torch.Tensor:
+        """(B, T) float64 prediction of the target (physical units) from the forcing the
+        batch's masks leave visible: on each day by the set that never saw its year
+        (`cross_fitted`, training) or by the mean of both sets."""
+        b, t = batch["time"].shape
+        x = self.features(batch, False)  # (B · T, F)
+        if cross_fitted:
+            parity = year_parity(batch["time"]).reshape(-1)
+            y = np.empty(b * t)
+            for p in (0, 1):
+                rows = parity == p
+                if rows.any():
+                    y[rows] = self.trees[p].predict(x[rows])
+        else:
+            y = 0.5 * (self.trees[0].predict(x) + self.trees[1].predict(x))
+        return self._physical(batch, y.reshape(b, t))
 
 
 def training_batches(dataset: torch.utils.data.Dataset, collate: Callable, n_windows: int,
