@@ -52,6 +52,7 @@ TRAIN_CASES = [
     ([*HYDRO, "model.loss.nse_star=[rainfall]"], "model.loss.nse_star"),
     ([*HYDRO, "model.net.forcing_series=[rainfall]"], "model.net.forcing_series"),
     ([*HYDRO, "model.evaluation.regression=[riverflow]"], "model.evaluation.regression"),
+    ([*HYDRO, "model.net.series_priors=[interpolation,regression]"], "model.net.series_priors"),
     ([*HYDRO, "+model.loss.variability.riverflow=1.0"], "model.loss.variability.riverflow"),
     (["threshold.method=median"], "threshold.method"),
     (["threshold.percentile=100"], "threshold.percentile"),

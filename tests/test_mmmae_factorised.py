@@ -241,6 +241,16 @@ def test_series_priors_fall_back_to_climatology_when_nothing_is_visible() -> Non
     torch.testing.assert_close(p[..., 1], clim)
 
 
+def test_regression_prior_falls_back_to_climatology_where_it_is_not_given() -> None:
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    hidden, clim = torch.ones(1, 3, dtype=torch.bool), torch.full((1, 3), -1.0)
+    given = torch.tensor([[0.5, float("nan"), 0.7]])
+    p = series_priors(["regression"], x, x.isfinite(), hidden, clim, given)[..., 0]
+    torch.testing.assert_close(p, torch.tensor([[0.5, -1.0, 0.7]]))
+    torch.testing.assert_close(series_priors(["regression"], x, x.isfinite(), hidden, clim)[..., 0],
+                               clim)  # a series without trees
+
+
 def test_climatology_prior_needs_the_climatology() -> None:
     torch.manual_seed(0)
     model = FactorisedMMMAE(GRIDS, SERIES, T, 2, ROWS, COLS, (4, 4), n_static=A, d_model=16,

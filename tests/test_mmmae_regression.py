@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from maelab.models.mmmae.regression import ForcingRegression, trailing_means, training_batches
+from maelab.models.mmmae.regression import (
+    ForcingRegression,
+    RegressionPrior,
+    trailing_means,
+    training_batches,
+    year_parity,
+)
 from maelab.scoring.hydro_metrics import nse
 
 T, C = 60, 4
@@ -104,3 +110,44 @@ def test_training_batches_draw_without_replacement_and_mask_each_chunk() -> None
     again = list(training_batches(data, list, n_windows=7, seed=3, masked=lambda b, i: b, chunk=3))
     assert [w for b in again for w in b] == drawn  # keyed by the seed
     assert sum(len(b) for b in training_batches(data, list, 50, 0, lambda b, i: b)) == 10
+
+
+def parity_windows(n: int, seed: int) -> dict:
+    """`windows` whose flow is the rain's trailing mean on days of even years and three times it
+    on days of odd years (the catchment factor left out)."""
+    batch = windows(n, seed)
+    rain = batch["series"]["rain"].double().numpy()
+    mean = np.stack([np.convolve(r, np.ones(10) / 10)[:T] for r in rain])
+    factor = np.where(year_parity(batch["time"]) == 0, 1.0, 3.0)
+    batch["series"]["flow"] = torch.from_numpy(np.log1p(mean * factor)).float()
+    batch["catchment"] = torch.zeros(n, dtype=torch.long)
+    return batch, mean
+
+
+def test_year_parity_reads_the_calendar_year() -> None:
+    days = torch.tensor([[0, 364, 365, 729, 730, 1095, 1096]])  # 1970-01-01 … 1973-01-01
+    np.testing.assert_array_equal(year_parity(days), [[0, 0, 1, 1, 0, 0, 1]])  # 1972: leap
+
+
+def test_the_prior_is_cross_fitted_by_year_in_training_and_averaged_elsewhere() -> None:
+    """A day's training prior comes from the trees that never saw a target of its year's parity:
+    where odd years' flows are three times even years', even days are predicted about 3× their
+    rain's mean and odd days about 1×; outside training both sets are averaged (about 2×)."""
+    clim = torch.ones(366, C)
+    prior = RegressionPrior("flow", ["rain"], STATS, clim, torch.ones(C), seed=0)
+    prior.fit(parity_windows(64, seed=s)[0] for s in range(4))
+    test, mean = parity_windows(64, seed=10)
+    even = year_parity(test["time"])[:, 10:] == 0
+    ratio = {}
+    for cross_fitted in (True, False):
+        pred = prior.prior(test, cross_fitted=cross_fitted).numpy()[:, 10:]
+        ratio[cross_fitted] = [pred[days].sum() / mean[:, 10:][days].sum() for days in (even, ~even)]
+    assert 2.4 < ratio[True][0] < 3.6 and 0.6 < ratio[True][1] < 1.4
+    assert all(1.5 < r < 2.5 for r in ratio[False])
+
+
+def test_the_prior_needs_targets_in_years_of_both_parities() -> None:
+    batch, _ = parity_windows(8, seed=3)
+    batch["series_valid"]["flow"] = torch.from_numpy(year_parity(batch["time"]) == 0)
+    clim = torch.ones(366, C)
+    assert RegressionPrior("flow", ["rain"], STATS, clim, torch.ones(C)).fit([batch]).trees == {}

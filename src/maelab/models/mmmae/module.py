@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from maelab.core.errors import ConfigError
+from maelab.core.errors import ConfigError, DataError
 from maelab.data.contracts import HydroBatch, HydroInfo
 from maelab.lit.base import MaeModule
 from maelab.masking.noise import KeyedNoise
@@ -48,6 +48,9 @@ class MMMAEModule(MaeModule):
     the `cal_series_shrink` buffer, so they travel in the checkpoint, and the test applies them.
     `evaluate.py split=val` scores the windows the weights are fitted on, so there each window
     gets the weights fitted on the catchments of the other parity (cross-fitted by catchment).
+    The `regression` series prior (`net.series_priors`): trees fitted at setup on training
+    windows (maelab.models.mmmae.regression.RegressionPrior) predict the cross_modal series from
+    the forcing each forward pass's masks leave visible; not saved, refitted from the seed.
     """
 
     name = "mmmae"
@@ -147,7 +150,7 @@ class MMMAEModule(MaeModule):
             self._prior_trees = self._fit_trees(datamodule, RegressionPrior,
                                                 self.hparams.net["forcing_series"])
             if not self._prior_trees.trees:
-                raise ValueError(f"model.net.series_priors: the regression prior needs valid "
+                raise DataError(f"model.net.series_priors: the regression prior needs valid "
                                  f"{self._prior_target} days in the training years of both "
                                  f"parities (even and odd), and the drawn training windows hold "
                                  f"none of one")
