@@ -195,8 +195,8 @@ class MMMAEConfig(ModelConfig):
         if "regression" in self.net.series_priors and (
                 self.evaluation.cross_modal is None or not self.net.forcing_series):
             raise ConfigError("net.series_priors", self.net.series_priors,
-                              "no `regression` without evaluation.cross_modal (the series it "
-                              "predicts) and net.forcing_series (what it predicts it from)")
+                              "no `regression` without model.evaluation.cross_modal (the "
+                              "series it predicts) and model.net.forcing_series (its inputs)")
 
     @property
     def unused_parameters(self) -> bool:
