@@ -130,7 +130,7 @@ class EvaluationConfig:
     # those not shorter than data.seq_len are skipped, and not recorded)
     regression: list[str] = field(default_factory=list)  # forcing series of the `regression`
     # baseline of the cross-modal and infilling tests (maelab.models.mmmae.regression); [] = none
-    regression_windows: int = 4000  # training windows it is fitted on
+    regression_windows: int = 4000  # training windows it (and the `regression` prior) is fitted on
 
     def __post_init__(self) -> None:
         positive_int("climatology_window", self.climatology_window)
