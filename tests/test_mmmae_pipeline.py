@@ -363,8 +363,10 @@ def test_the_regression_prior_reaches_the_decoder(cache: str) -> None:
     validate_config(cfg)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
-    module.use_data(dm)
     batch = module.masked(next(iter(dm.train_dataloader())), 0)
+    with pytest.raises(RuntimeError, match="use_data"):  # the trees are fitted there
+        module(batch)
+    module.use_data(dm)
     hidden = batch["series_mask"]["riverflow"]
     changed = {**batch, "series": {**batch["series"], "riverflow": torch.where(
         hidden, 50.0, batch["series"]["riverflow"])}}
