@@ -147,7 +147,7 @@ class MMMAEModule(MaeModule):
         if isinstance(self.net, FactorisedMMMAE):
             self.net.set_climatology(normalised_climatology(self._climatology, self.info.stats))
         if self._prior_target is not None:
-            self._prior_trees = self._fit_trees(datamodule, RegressionPrior,
+            self._prior_trees = self._regression_trees(datamodule, RegressionPrior,
                                                 self.hparams.net["forcing_series"])
             if not self._prior_trees.trees:
                 raise DataError(f"model.net.series_priors: the regression prior needs valid "
@@ -405,21 +405,23 @@ class MMMAEModule(MaeModule):
         forcing, target = list(ev.get("regression") or []), ev.get("cross_modal")
         if not forcing or target not in self.info.series_names:
             return None
-        model = self._fit_trees(dm, ForcingRegression, forcing)
+        model = self._regression_trees(dm, ForcingRegression, forcing)
         if not model.trees:
             rank_zero_warn(f"model.evaluation.regression: the drawn training windows hold no "
                            f"valid {target} day, so the regression baseline is left out")
             return None
         return model
 
-    def _fit_trees(self, dm: L.LightningDataModule, kind: type[ForcingRegression],
-                   forcing: list[str]) -> ForcingRegression:
+    def _regression_trees(self, dm: L.LightningDataModule, kind: type[ForcingRegression],
+                          forcing: list[str]) -> ForcingRegression:
         """Trees of `kind` predicting the cross_modal series from `forcing`, fitted on
         `evaluation.regression_windows` training windows drawn by the seed, with their training
         masks (chunk i gets those of training stream i, as epoch i would)."""
         ev = self.hparams.evaluation
         target, seed = ev["cross_modal"], int(self.hparams.seed)
-        std = catchment_std(dm.store, dm.splits["train"], [target])[target]
+        std = self._series_std.get(target)  # held already when the target is scored by NSE*
+        if std is None:
+            std = catchment_std(dm.store, dm.splits["train"], [target])[target]
         model = kind(target, forcing, self.info.stats, self._climatology[target], std, seed=seed)
         return model.fit(training_batches(dm.datasets["train"], dm.collate(),
                                           int(ev.get("regression_windows", 4000)), seed,
