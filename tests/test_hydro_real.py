@@ -110,8 +110,9 @@ def test_haduk_grid_with_camels_v2_series(tmp_path: Path) -> None:
 
 def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None:
     """`experiment=hydro_camels` (NSE* on riverflow, forcing series) on the real series, with
-    their missing days: every catchment's training spread is finite and the run trains and tests,
-    beside the regression baseline of the cross-modal tests."""
+    their missing days: every catchment's training spread is finite and the run trains, fits its
+    riverflow stretch on validation and tests, beside the regression baseline of the cross-modal
+    tests."""
     from maelab.pipeline import build_datamodule, build_module, train
     from tests.conftest import compose_cfg
 
@@ -123,6 +124,7 @@ def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None
                       tmp_path / "run")
     assert list(cfg.model.loss.nse_star) == ["riverflow"]
     assert cfg.model.hide_series_others == "mixed"
+    assert list(cfg.model.calibration.series_stretch) == ["riverflow"]
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     assert module.net.forcing_series == ["catchment_precipitation", "catchment_temperature"]
@@ -131,6 +133,7 @@ def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None
     assert std.shape == (60,) and np.isfinite(std).all() and (std > 0).all()
     metrics, _ = train(cfg)
     assert np.isfinite(metrics["test"]["riverflow / mmmae"]["nse_median"])
+    assert 0.5 <= metrics["settings"]["series_stretch_factors"]["fitted"]["riverflow"] <= 2.5
     for test in ("riverflow (all days hidden)", "riverflow (alone, all days hidden)"):
         row = metrics["test"][f"{test} / regression"]
         assert np.isfinite(row["nse_median"]) and row["n"] == metrics["test"][f"{test} / mmmae"]["n"]

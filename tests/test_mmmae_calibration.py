@@ -1,4 +1,5 @@
-"""Series shrinkage toward interpolation (maelab.models.mmmae.calibration): pure functions."""
+"""Series calibration (maelab.models.mmmae.calibration): the shrinkage toward interpolation and the
+stretch about the climatology, pure functions."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import torch
 from maelab.models.mmmae.calibration import (
     DISTANCE_BINS,
     SHRINK_GRID,
+    STRETCH_GRID,
     days_to_visible,
     distance_bin,
     fit_shrinkage,
+    fit_stretch,
+    median_kge,
     shrink_series,
+    stretch_series,
 )
-from maelab.scoring.hydro_metrics import denormalise, interpolate_days
+from maelab.scoring.hydro_metrics import denormalise, interpolate_days, per_group_scores
 
 LOG = {"mean": 0.3, "std": 0.8, "log": True}
 
@@ -137,3 +142,83 @@ def test_one_weight_set_per_window_matches_each_window_alone():
         one = shrink_series(pred[i:i + 1], w["x"][i:i + 1], w["valid"][i:i + 1],
                             w["hidden"][i:i + 1], sets[i])
         assert torch.equal(out[i:i + 1], one)
+
+
+def _climatology(w: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, T) a smooth seasonal curve per catchment, normalised units."""
+    t = torch.arange(w["x"].shape[1], dtype=torch.float64)
+    return torch.sin(t / 5)[None] * 0.4 + 0.1 * w["catchment"][:, None].double()
+
+
+def test_stretch_widens_hidden_days_about_the_climatology_and_keeps_visible_days() -> None:
+    w = _windows()
+    clim, pred = _climatology(w), w["x"] + 0.2
+    out = stretch_series(pred, clim, w["hidden"], 1.5)
+    h = w["hidden"]
+    assert torch.allclose(out[h], (clim + 1.5 * (pred - clim))[h])
+    assert torch.equal(out[~h], pred[~h])
+    assert torch.equal(stretch_series(pred, clim, h, 1.0), pred)  # k = 1: the model
+    per_window = torch.linspace(0.5, 2.0, w["x"].shape[0], dtype=torch.float64)[:, None]  # (B, 1)
+    both = stretch_series(pred, clim, h, per_window)
+    for i in (0, 5, 23):
+        assert torch.allclose(both[i], stretch_series(pred[i], clim[i], h[i], float(per_window[i])))
+
+
+def test_median_kge_is_the_evaluations_median_over_catchments() -> None:
+    w = _windows()
+    pred = w["x"] + 0.3 * torch.randn_like(w["x"])
+    scored = w["hidden"] & w["valid"]
+    sim, obs = denormalise(pred, LOG), denormalise(w["x"], LOG)
+    want = np.nanmedian(per_group_scores(sim.numpy(), obs.numpy(), scored.numpy(),
+                                         w["catchment"].numpy())["kge"])
+    days = w["catchment"][:, None].expand_as(scored)[scored]
+    assert median_kge(sim[scored], obs[scored], days) == pytest.approx(want, rel=1e-12)
+    assert np.isnan(median_kge(sim[:0, 0], obs[:0, 0], days[:0]))
+
+
+@pytest.mark.parametrize("shrink", [False, True])
+def test_fit_stretch_undoes_a_damping_about_the_climatology(shrink: bool) -> None:
+    """A model at half the truth's distance from the climatology is restored by k = 2 (the
+    truth itself: KGE 1), and the shrinkage then keeps it whole."""
+    w = _windows()
+    clim = _climatology(w)
+    pred = clim + 0.5 * (w["x"] - clim)
+    k, weights = fit_stretch(pred, clim, w["x"], w["valid"], w["hidden"], w["catchment"], LOG,
+                             shrink=shrink)
+    assert k == 2.0 and weights.tolist() == [1.0] * len(DISTANCE_BINS)
+
+
+def test_fit_stretch_takes_the_grid_factor_with_the_best_median_kge() -> None:
+    """Against a brute-force search over the grid: the chosen k scores the highest median KGE
+    of the calibrated series (stretched, then shrunk by the weights refitted for that k)."""
+    w = _windows(n=40, seed=1)
+    clim = _climatology(w)
+    noise = 0.4 * torch.randn(w["x"].shape, generator=torch.Generator().manual_seed(2),
+                              dtype=torch.float64)
+    pred = clim + 0.7 * (w["x"] - clim) + noise
+    k, weights = fit_stretch(pred, clim, w["x"], w["valid"], w["hidden"], w["catchment"], LOG)
+    scored = w["hidden"] & w["valid"]
+    obs = denormalise(w["x"], LOG).numpy()
+
+    def score(factor: float) -> tuple[float, torch.Tensor]:
+        stretched = clim + factor * (pred - clim)
+        stretched = torch.where(w["hidden"], stretched, pred)
+        fitted = fit_shrinkage(stretched, w["x"], w["valid"], w["hidden"], w["catchment"], LOG)
+        out = shrink_series(stretched, w["x"], w["valid"], w["hidden"], fitted)
+        kges = per_group_scores(denormalise(out, LOG).numpy(), obs, scored.numpy(),
+                                w["catchment"].numpy())["kge"]
+        return float(np.nanmedian(kges)), fitted
+
+    scores = {float(f): score(float(f)) for f in STRETCH_GRID}
+    best = max(v[0] for v in scores.values())
+    assert scores[k][0] == pytest.approx(best, abs=1e-12)
+    assert torch.equal(weights, scores[k][1])
+    assert k > 1 and best > scores[1.0][0]  # the damped model gains from a stretch
+
+
+def test_fit_stretch_keeps_the_model_with_nothing_scored() -> None:
+    w = _windows()
+    clim = _climatology(w)
+    none = torch.zeros_like(w["hidden"])
+    k, weights = fit_stretch(w["x"] + 1, clim, w["x"], w["valid"], none, w["catchment"], LOG)
+    assert k == 1.0 and weights.tolist() == [1.0] * len(DISTANCE_BINS)

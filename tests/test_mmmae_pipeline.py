@@ -181,13 +181,13 @@ def test_validation_windows_get_the_other_folds_weights() -> None:
     batch = {"series": {"riverflow": x}, "series_valid": {"riverflow": valid},
              "series_mask": {"riverflow": hidden}, "catchment": torch.tensor([0, 1])}
     module.test_split = "val"
-    out = module._shrunk(batch, {"series": {"riverflow": model}})["series"]["riverflow"]
+    out = module._calibrated_series(batch, {"series": {"riverflow": model}})["series"]["riverflow"]
     assert torch.equal(out[0], model[0])  # even catchment: weights fitted on the odd ones (1)
     h = hidden[1]
     assert torch.allclose(out[1, h], x[1, h])  # odd catchment: fitted on the even ones (0)
     assert torch.equal(out[1, ~h], model[1, ~h])  # visible days: as the model gave them
     module.test_split = "test"
-    out = module._shrunk(batch, {"series": {"riverflow": model}})["series"]["riverflow"]
+    out = module._calibrated_series(batch, {"series": {"riverflow": model}})["series"]["riverflow"]
     assert torch.allclose(out[:, hidden[0]], 0.5 * (x + model)[:, hidden[0]])
 
 
@@ -230,13 +230,103 @@ def test_fold_weights_are_the_fit_on_each_parity_of_catchments() -> None:
     assert bool((module._cal_fold_shrink[1, i] == 1).all())
 
 
+def test_stretch_factors_are_the_fit_on_each_parity_and_validation_windows_get_the_other() -> None:
+    """With `series_stretch=[riverflow]` the calibration's three (factor, weights) pairs are
+    `fit_stretch` on all validation windows and on each parity of catchments; a validation
+    window is then stretched by the other parity's factor, a test window by the saved one."""
+    from maelab.models.mmmae.calibration import fit_stretch
+
+    cfg = compose_cfg("train", [*SMALL, "model.calibration.series_stretch=[riverflow]"])
+    module = build_module(cfg, build_datamodule(cfg))
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        x = torch.randn(8, 15, generator=gen)  # (B, T) normalised riverflow
+        clim = torch.randn(8, 1, generator=gen).expand(8, 15)  # (B, T) a flat climatology
+        scale = torch.where(torch.arange(8) % 2 == 0, 0.5, 0.8)[:, None]  # damped unevenly
+        batches.append({"riverflow": {
+            "pred": clim + scale * (x - clim) + 0.1 * torch.randn(8, 15, generator=gen), "x": x,
+            "clim": clim, "valid": torch.rand(8, 15, generator=gen) > 0.1,
+            "hidden": torch.rand(8, 15, generator=gen) > 0.4, "catchment": torch.arange(8) % 4}})
+    module._cal_collected = batches
+    module._fit_calibration()
+    cat = {k: torch.cat([b["riverflow"][k] for b in batches]) for k in batches[0]["riverflow"]}
+    i = module.info.series_names.index("riverflow")
+    stats = module.info.stats["riverflow"]
+    fits = ((module.cal_series_stretch[i], module.cal_series_shrink[i], None),
+            (module._cal_fold_stretch[0, i], module._cal_fold_shrink[0, i], 0),
+            (module._cal_fold_stretch[1, i], module._cal_fold_shrink[1, i], 1))
+    for k, weights, parity in fits:
+        rows = slice(None) if parity is None else cat["catchment"] % 2 == parity
+        want_k, want_w = fit_stretch(cat["pred"][rows], cat["clim"][rows], cat["x"][rows],
+                                     cat["valid"][rows], cat["hidden"][rows],
+                                     cat["catchment"][rows], stats)
+        assert float(k) == want_k and torch.equal(weights, want_w), parity
+    assert module._cal_fold_stretch[0, i] > module._cal_fold_stretch[1, i]  # more damped: wider
+    j = module.info.series_names.index("evaporation")  # not listed (and no window): factor 1
+    assert float(module.cal_series_stretch[j]) == 1.0
+    assert module.calibrated
+
+    module.series_shrink = "none"  # the stretch alone, with hand-set factors
+    module._cal_fold_stretch = torch.tensor([[1.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
+    module.cal_series_stretch.copy_(torch.tensor([1.0, 1.5]))
+    module._climatology = {"riverflow": torch.ones(366, 2)}  # physical units
+    batch = {"series": {"riverflow": torch.zeros(2, 15)},
+             "series_valid": {"riverflow": torch.ones(2, 15, dtype=torch.bool)},
+             "series_mask": {"riverflow": torch.ones(2, 15, dtype=torch.bool)},
+             "catchment": torch.tensor([0, 1]), "time": torch.arange(15).repeat(2, 1)}
+    clim = float(normalise(torch.ones(1), stats))
+    model = torch.full((2, 15), clim + 0.1)
+    module.test_split = "val"
+    out = module._calibrated_series(batch, {"series": {"riverflow": model}})["series"]["riverflow"]
+    assert torch.allclose(out - clim, torch.tensor([[0.3], [0.2]]).expand(2, 15))  # odd, even fit
+    module.test_split = "test"
+    out = module._calibrated_series(batch, {"series": {"riverflow": model}})["series"]["riverflow"]
+    assert torch.allclose(out - clim, torch.full((2, 15), 0.15))
+
+
+def test_series_stretch_is_fitted_after_training_and_switched_at_evaluation(
+        tmp_path: Path, cache: str, trained: tuple[dict, Path]) -> None:
+    """A run with `series_stretch=[riverflow]` records and saves its factor, and evaluate.py
+    reproduces its table from the checkpoint; `calibration.series_stretch=...` at evaluation
+    refits it on validation without touching the checkpoint; unknown series are named."""
+    metrics, out = train(compose_cfg("train", [*SMALL, cache,
+                                               "model.calibration.series_stretch=[riverflow]"],
+                                      tmp_path / "run"))
+    settings = metrics["settings"]
+    assert settings["series_stretch"] == ["riverflow"]
+    k = settings["series_stretch_factors"]["fitted"]["riverflow"]
+    assert 0.5 <= k <= 2.5
+    state = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert state["cal_series_stretch"].tolist() == pytest.approx([1.0, k], abs=1e-4)
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}"]))
+    for row in ("riverflow / mmmae", "riverflow (alone, all days hidden) / mmmae"):
+        assert again["test"][row]["rmse"] == pytest.approx(metrics["test"][row]["rmse"], rel=1e-6)
+
+    base, base_dir = trained  # trained without the stretch
+    ckpt = base["checkpoint"]
+    before = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    val = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=val",
+                                            "calibration.series_stretch=[riverflow]"]))
+    assert val["overrides"] == {"calibration": {"series_stretch": "riverflow"}}
+    assert (base_dir / "eval_val-calibration.series_stretch=riverflow" / "metrics.json").is_file()
+    folds = val["settings"]["series_stretch_factors"]
+    assert set(folds) == {"fitted_on_even", "fitted_on_odd"}
+    assert all(0.5 <= f["riverflow"] <= 2.5 for f in folds.values())
+    after = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    for name in ("cal_series_shrink", "cal_series_stretch"):
+        assert torch.equal(before[name], after[name])
+    with pytest.raises(ConfigError, match="model.calibration.series_stretch"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_stretch=[rain]"]))
+
+
 def test_series_shrink_none_keeps_the_model() -> None:
     cfg = compose_cfg("train", [*SMALL, "model.calibration.series_shrink=none"])
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     assert module.calibrated and torch.isnan(module.cal_series_shrink).all()
     out = {"series": {"riverflow": torch.zeros(2, 15)}}
-    assert module._shrunk({}, out) is out
+    assert module._calibrated_series({}, out) is out
     fresh = build_module(compose_cfg("train", [*SMALL]), dm)
     assert not fresh.calibrated  # by_distance: fitted on validation before any test
 

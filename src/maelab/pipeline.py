@@ -417,13 +417,17 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
         if given:
             overrides[group] = given
     named = dict(overrides)  # as given on the command line: names the results folder
-    shrink = (cfg.get("calibration") or {}).get("series_shrink")
-    if shrink is not None:  # a model setting evaluation may change: the calibration is refitted
+    calibration = {k: v for k, v in (cfg.get("calibration") or {}).items() if v is not None}
+    for key, value in calibration.items():  # model settings evaluation may change: refitted
         if "calibration" not in {f.name for f in fields(model_config_class(run_cfg.model))}:
-            raise ConfigError("calibration.series_shrink", shrink,
+            raise ConfigError(f"calibration.{key}", value,
                               "null: only MM-MAE checkpoints have a series calibration")
-        named["calibration"] = {"series_shrink": shrink}
-        overrides["model.calibration.series_shrink"] = shrink
+        if key == "series_stretch":
+            value = list(value)
+            named.setdefault("calibration", {})[key] = ",".join(value) or "none"
+        else:
+            named.setdefault("calibration", {})[key] = value
+        overrides[f"model.calibration.{key}"] = value
     regression = cfg.get("regression")
     if regression is not None:  # MM-MAE's learned baseline: fitted before the test
         if "calibration" not in {f.name for f in fields(model_config_class(run_cfg.model))}:
@@ -438,7 +442,8 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
     out_dir = run_dir / results_folder(split, ckpt_path, named)
-    metrics = evaluate_checkpoint(run_cfg, ckpt_path, out_dir, recalibrate="threshold" in overrides,
+    refit = "threshold" in overrides or "series_stretch" in calibration  # a fitted setting changed
+    metrics = evaluate_checkpoint(run_cfg, ckpt_path, out_dir, recalibrate=refit,
                                   print_table=print_table, split=split, overrides=named)
     atomic_write_json(out_dir / "timings.json", PHASES.take())
     log.info("evaluation written to %s", out_dir)

@@ -1,6 +1,17 @@
-"""Series shrinkage toward interpolation, fitted on validation (`model.calibration`).
+"""Series calibration fitted on validation (`model.calibration`): a stretch about the climatology,
+then a shrinkage toward interpolation.
 
-On a hidden series day the prediction becomes
+Stretch (`series_stretch`, listed series only): on a hidden day the model's value becomes
+
+    climatology + k · (model − climatology)              (normalised units: log space for flows)
+
+with the daily climatology of the training period and one k per series from `STRETCH_GRID`,
+chosen to maximise the median KGE over catchments of the calibrated series (stretched, then
+shrunk with weights refitted for that k) on the validation windows' hidden valid days. A model
+fitted to squared errors damps its spread toward its correlation (KGE's α < 1); k > 1 widens it.
+k = 1 keeps the model.
+
+Shrinkage (`series_shrink`): on a hidden series day the prediction becomes
 
     interpolation + s_b · (model − interpolation)        (normalised units: log space for flows)
 
@@ -17,14 +28,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from maelab.models.mmmae.priors import nearest_days
-from maelab.scoring.hydro_metrics import denormalise, interpolate_days
+from maelab.scoring.hydro_metrics import denormalise, interpolate_days, kge
 
 DISTANCE_BINS = (1, 2, 3, 5)  # lower edges in days: 1, 2, 3–4, ≥ 5
 DISTANCE_LABELS = ("1", "2", "3-4", ">=5")  # the bins as metrics.json names them
 SHRINK_GRID = torch.linspace(0, 1, 21, dtype=torch.float64)
+STRETCH_GRID = torch.arange(10, 51, dtype=torch.float64) / 20  # 0.50, 0.55, …, 2.50 (1 exact)
 
 
 def days_to_visible(known: torch.Tensor) -> torch.Tensor:
@@ -86,3 +99,42 @@ def fit_shrinkage(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidd
         sse = ((trial - true[k]) ** 2) @ inv_sst[c[k]]  # (G,) Σ_c SSE_c / SST_c
         weights[b] = SHRINK_GRID[int(torch.argmin(sse))]
     return weights
+
+
+def stretch_series(pred: torch.Tensor, clim: torch.Tensor, hidden: torch.Tensor,
+                   k: float) -> torch.Tensor:
+    """pred, clim (B, T) normalised, hidden (B, T) bool → (B, T): hidden days stretched about the
+    climatology by k (clim + k · (pred − clim)); visible days unchanged."""
+    return torch.where(hidden, torch.lerp(clim.to(pred.dtype), pred, k), pred)
+
+
+def median_kge(sim: torch.Tensor, obs: torch.Tensor, catchment: torch.Tensor) -> float:
+    """sim, obs (n,) physical units of the scored days, catchment (n,) → the median KGE over
+    catchments (those with an undefined KGE left out; NaN if none)."""
+    sim, obs, catchment = sim.numpy(), obs.numpy(), catchment.numpy()
+    scores = [kge(sim[catchment == c], obs[catchment == c]) for c in np.unique(catchment)]
+    return float(np.nanmedian(scores)) if np.isfinite(scores).any() else float("nan")
+
+
+def fit_stretch(pred: torch.Tensor, clim: torch.Tensor, x: torch.Tensor, valid: torch.Tensor,
+                hidden: torch.Tensor, catchment: torch.Tensor, stats: Mapping[str, Any],
+                shrink: bool = True) -> tuple[float, torch.Tensor]:
+    """(k, weights): the `STRETCH_GRID` k with the highest median KGE (module docstring; ties:
+    the smallest k) and the shrinkage weights fitted for it (all 1 when not `shrink`).
+
+    pred, clim, x (N, T) normalised validation windows, valid / hidden (N, T) bool, catchment (N,).
+    No KGE defined for any k (no scored day, constant flows): k = 1."""
+    scored = hidden & valid
+    pred, clim = pred.double(), clim.double()
+    true = denormalise(x[scored], stats)
+    days = catchment[:, None].expand_as(x)[scored]  # (n,) the scored days' catchments
+    ones = torch.ones(len(DISTANCE_BINS), dtype=torch.float64)
+    fitted = {}  # k → (median KGE, weights)
+    for k in STRETCH_GRID.tolist():
+        stretched = stretch_series(pred, clim, hidden, k)
+        weights = fit_shrinkage(stretched, x, valid, hidden, catchment, stats) if shrink else ones
+        out = shrink_series(stretched, x, valid, hidden, weights) if shrink else stretched
+        fitted[k] = (median_kge(denormalise(out[scored], stats), true, days), weights)
+    scores = {k: v[0] for k, v in fitted.items() if np.isfinite(v[0])}
+    k = max(scores, key=lambda k: (scores[k], -k)) if scores else 1.0
+    return k, fitted[k][1]

@@ -150,9 +150,14 @@ class CalibrationConfig:
 
     series_shrink: str = "by_distance"  # by_distance: hidden series days pulled toward
     # interpolation by a weight per distance to the nearest visible day | none: the model as is
+    series_stretch: list[str] = field(default_factory=list)  # series whose hidden days are
+    # stretched about their climatology by the factor with the best median KGE on validation
 
     def __post_init__(self) -> None:
         one_of("series_shrink", self.series_shrink, SERIES_SHRINK)
+        self.series_stretch = list(self.series_stretch)
+        if len(set(self.series_stretch)) != len(self.series_stretch):
+            raise ConfigError("series_stretch", self.series_stretch, "distinct series names")
 
 
 @dataclass

@@ -17,7 +17,9 @@ from maelab.models.mmmae.calibration import (
     DISTANCE_BINS,
     DISTANCE_LABELS,
     fit_shrinkage,
+    fit_stretch,
     shrink_series,
+    stretch_series,
 )
 from maelab.models.mmmae.config import CalibrationConfig, MaskingConfig
 from maelab.models.mmmae.evaluation import TestEvaluation, catchment_std, climatologies
@@ -46,8 +48,11 @@ class MMMAEModule(MaeModule):
     validation windows fits per series the weights that pull hidden days toward interpolation by
     their distance to the nearest visible day (maelab.models.mmmae.calibration); they live in
     the `cal_series_shrink` buffer, so they travel in the checkpoint, and the test applies them.
+    `calibration.series_stretch` lists series whose hidden days are first stretched about their
+    climatology by a factor fitted in the same pass for the best median KGE (`cal_series_stretch`).
     `evaluate.py split=val` scores the windows the weights are fitted on, so there each window
-    gets the weights fitted on the catchments of the other parity (cross-fitted by catchment).
+    gets the weights (and factor) fitted on the catchments of the other parity (cross-fitted by
+    catchment).
     The `regression` series prior (`net.series_priors`): trees fitted at setup on training
     windows (maelab.models.mmmae.regression.RegressionPrior) predict the cross_modal series from
     the forcing each forward pass's masks leave visible; not saved, refitted from the seed.
@@ -68,8 +73,10 @@ class MMMAEModule(MaeModule):
             if key not in names:
                 raise ConfigError(f"model.loss.weights.{key}", loss["weights"][key],
                                   f"weights keyed by modality: {', '.join(names)}")
+        cal = CalibrationConfig(**(calibration or {}))
         for where, keys in (("model.loss.nse_star", loss.get("nse_star")),
-                            ("model.net.forcing_series", net.get("forcing_series"))):
+                            ("model.net.forcing_series", net.get("forcing_series")),
+                            ("model.calibration.series_stretch", cal.series_stretch)):
             for key in keys or []:
                 if key not in self.info.series_names:
                     raise ConfigError(where, key,
@@ -97,14 +104,19 @@ class MMMAEModule(MaeModule):
                               "it predicts) and model.net.forcing_series (its inputs)")
         self._prior_target = target if uses_prior else None  # the series the trees predict
         # the config's defaults and choices (checked again here for modules built directly)
-        self.series_shrink = CalibrationConfig(**(calibration or {})).series_shrink
+        self.series_shrink, self.series_stretch = cal.series_shrink, cal.series_stretch
         self.net = self._build_net(dict(net))
         # (S, bins) shrinkage weights per series (NaN: not calibrated)
         self.register_buffer("cal_series_shrink", torch.full(
             (len(self.info.series_names), len(DISTANCE_BINS)), float("nan"), dtype=torch.float64))
+        # (S,) stretch factor per series (1: not listed in series_stretch; NaN: not calibrated)
+        self.register_buffer("cal_series_stretch", torch.full(
+            (len(self.info.series_names),), float("nan"), dtype=torch.float64))
         self._cal_collected: list[dict[str, dict[str, torch.Tensor]]] = []
-        # (2, S, bins): weights fitted on the even / odd catchments (split=val, not saved)
+        # (2, S, bins) and (2, S): weights and factors fitted on the even / odd catchments
+        # (split=val, not saved)
         self._cal_fold_shrink: torch.Tensor | None = None
+        self._cal_fold_stretch: torch.Tensor | None = None
         self._cal_one_parity: list[str] = []  # series with no window in one of the two folds
         self._evaluation: TestEvaluation | None = None
         self._results: dict[str, Any] = {}
@@ -267,15 +279,18 @@ class MMMAEModule(MaeModule):
         b = x.shape[0]
         preds = {"": self._all_hidden(batch, target)}  # (B, T)
         if self._climatology is not None:
-            clim = self._climatology[target].to(x.device)  # (366, C) physical
-            doy = doy_index(batch["time"])
-            preds["_climatology"] = normalise(clim[doy, batch["catchment"][:, None]],
-                                              self.info.stats[target])
+            preds["_climatology"] = self._series_climatology(batch, target)
         for suffix, pred in preds.items():
             mse = selected_mse(pred, x, valid)
             if mse is not None:
                 self.log(f"val/loss_{target}_all_hidden{suffix}", mse, on_step=False,
                          on_epoch=True, batch_size=b)
+
+    def _series_climatology(self, batch: HydroBatch, name: str) -> torch.Tensor:
+        """(B, T) the daily climatology of series `name` on the batch's days, model units."""
+        clim = self._climatology[name].to(batch["time"].device)  # (366, C) physical
+        return normalise(clim[doy_index(batch["time"]), batch["catchment"][:, None]],
+                         self.info.stats[name])
 
     def _all_hidden(self, batch: MaskedHydroBatch, target: str) -> torch.Tensor:
         """(B, T) reconstruction of the series `target` hidden on every day, the other
@@ -331,12 +346,17 @@ class MMMAEModule(MaeModule):
             keep[s] = {"pred": pred.float().cpu(), "x": batch["series"][s].float().cpu(),
                        "valid": (batch["series_valid"][s] & present).cpu(),
                        "hidden": batch["series_mask"][s].cpu(), "catchment": batch["catchment"].cpu()}
+            if s in self.series_stretch:
+                keep[s]["clim"] = self._series_climatology(batch, s).cpu()
         self._cal_collected.append(keep)
 
     def _fit_calibration(self) -> None:
-        """`cal_series_shrink` from the collected validation windows (1 where a series has none),
-        and `_cal_fold_shrink`, the same fitted on the even and on the odd catchments."""
+        """`cal_series_shrink` and `cal_series_stretch` from the collected validation windows
+        (weights and factor 1 where a series has none), and `_cal_fold_shrink` /
+        `_cal_fold_stretch`, the same fitted on the even and on the odd catchments."""
         weights = torch.ones(3, *self.cal_series_shrink.shape, dtype=torch.float64)  # all, even, odd
+        factors = torch.ones(3, *self.cal_series_stretch.shape, dtype=torch.float64)
+        shrink = self.series_shrink != "none"
         one_parity = []  # series whose validation catchments are all even or all odd
         for i, s in enumerate(self.info.series_names):
             items = [c[s] for c in self._cal_collected if s in c]
@@ -347,36 +367,55 @@ class MMMAEModule(MaeModule):
             if parity.unique().numel() < 2:
                 one_parity.append(s)
             for j, rows in enumerate((slice(None), parity == 0, parity == 1)):
-                weights[j, i] = fit_shrinkage(cat["pred"][rows], torch.nan_to_num(cat["x"][rows]),
-                                              cat["valid"][rows], cat["hidden"][rows],
-                                              cat["catchment"][rows], self.info.stats[s])
+                x = torch.nan_to_num(cat["x"][rows])
+                fit = (cat["valid"][rows], cat["hidden"][rows], cat["catchment"][rows],
+                       self.info.stats[s])
+                if s in self.series_stretch:
+                    factors[j, i], weights[j, i] = fit_stretch(cat["pred"][rows],
+                                                               cat["clim"][rows], x, *fit,
+                                                               shrink=shrink)
+                elif shrink:
+                    weights[j, i] = fit_shrinkage(cat["pred"][rows], x, *fit)
         self.cal_series_shrink.copy_(weights[0])
-        self._cal_fold_shrink = weights[1:]
+        self.cal_series_stretch.copy_(factors[0])
+        self._cal_fold_shrink, self._cal_fold_stretch = weights[1:], factors[1:]
         self._cal_one_parity = one_parity
+
+    @property
+    def _calibrates(self) -> bool:
+        """Anything to fit on validation: the shrinkage or a stretch."""
+        return self.series_shrink != "none" or bool(self.series_stretch)
 
     def needs_calibration(self, split: str) -> bool:
         """Also before `split=val`: its windows are scored with the weights of the other fold."""
-        return not self.calibrated or (split == "val" and self.series_shrink != "none")
+        return not self.calibrated or (split == "val" and self._calibrates)
 
-    def _shrunk(self, batch: MaskedHydroBatch, out: dict[str, Any]) -> dict[str, Any]:
-        """`out` with its hidden series days pulled toward interpolation (`series_shrink`); on the
-        validation windows (`test_split` "val") each window by the weights fitted on the
-        catchments of the other parity."""
-        if self.series_shrink == "none":
+    def _calibrated_series(self, batch: MaskedHydroBatch, out: dict[str, Any]) -> dict[str, Any]:
+        """`out` with its hidden series days stretched about the climatology (`series_stretch`)
+        and pulled toward interpolation (`series_shrink`); on the validation windows
+        (`test_split` "val") each window by the factor and weights fitted on the catchments of
+        the other parity."""
+        if not self._calibrates:
             return out
+        if self.test_split == "val" and self._cal_fold_shrink is None:
+            raise RuntimeError("split=val needs the calibration pass run in this process "
+                               "(maelab.pipeline runs it: needs_calibration)")
         series = {}
         for s, pred in out["series"].items():
             i = self.info.series_names.index(s)
-            if self.test_split == "val":
-                if self._cal_fold_shrink is None:
-                    raise RuntimeError("split=val needs the calibration pass run in this process "
-                                       "(maelab.pipeline runs it: needs_calibration)")
-                other = 1 - batch["catchment"].cpu() % 2  # (B,) the fold not holding the window
-                weights = self._cal_fold_shrink[other, i]  # (B, bins)
-            else:
-                weights = self.cal_series_shrink[i]  # (bins,)
-            series[s] = shrink_series(pred.float(), torch.nan_to_num(batch["series"][s].float()),
-                                      batch["series_valid"][s], batch["series_mask"][s], weights)
+            x, pred = torch.nan_to_num(batch["series"][s].float()), pred.float()
+            valid, hidden = batch["series_valid"][s], batch["series_mask"][s]
+            # (B,) on validation windows: the fold not holding the window
+            other = 1 - batch["catchment"].cpu() % 2 if self.test_split == "val" else None
+            if s in self.series_stretch:
+                k = (float(self.cal_series_stretch[i]) if other is None else
+                     self._cal_fold_stretch[other, i].to(pred.device, pred.dtype)[:, None])  # (B, 1)
+                pred = stretch_series(pred, self._series_climatology(batch, s), hidden, k)
+            if self.series_shrink != "none":
+                weights = (self.cal_series_shrink[i] if other is None  # (bins,)
+                           else self._cal_fold_shrink[other, i])  # (B, bins)
+                pred = shrink_series(pred, x, valid, hidden, weights)
+            series[s] = pred
         return {**out, "series": series}
 
     # ---- test: reconstructions, baselines, metrics ----------------------------------------------
@@ -384,7 +423,7 @@ class MMMAEModule(MaeModule):
         if not self.calibrated:
             raise RuntimeError("test before calibration: call calibrate(trainer, datamodule) "
                                "first (maelab.pipeline does)")
-        if self.test_split == "val" and self.series_shrink != "none" and self._cal_one_parity:
+        if self.test_split == "val" and self._calibrates and self._cal_one_parity:
             rank_zero_warn(f"split=val: the validation windows of {', '.join(self._cal_one_parity)} "
                            "hold catchments of one parity only, so the other fold has none and "
                            "their series keep the model's own values (weights of 1, not "
@@ -429,8 +468,8 @@ class MMMAEModule(MaeModule):
 
     def test_step(self, batch: HydroBatch, batch_idx: int) -> None:
         self._evaluation.add_batch(self.masked(batch, -1),
-                                   lambda b: self._shrunk(b, self._predict(b)),
-                                   lambda b: self._shrunk(b, self._predict_series(b)))
+                                   lambda b: self._calibrated_series(b, self._predict(b)),
+                                   lambda b: self._calibrated_series(b, self._predict_series(b)))
 
     def _predict(self, batch: MaskedHydroBatch) -> dict[str, dict[str, torch.Tensor]]:
         """Reconstructions of every hidden token, grids on all valid patches (B, T, P, p²)."""
@@ -451,7 +490,8 @@ class MMMAEModule(MaeModule):
                     "climatology_window": int(ev["climatology_window"]),
                     "cross_modal": ev.get("cross_modal"),
                     "series_shrink": self.series_shrink,
-                    "series_shrink_weights": None}
+                    "series_shrink_weights": None,
+                    "series_stretch": list(self.series_stretch)}
         tested = [s for s in self.info.series_names if s in self._evaluation.series]
 
         def listed(weights: torch.Tensor) -> dict[str, Any]:  # (S, bins) → the tested series'
@@ -468,18 +508,29 @@ class MMMAEModule(MaeModule):
                     "fitted_on_even": listed(self._cal_fold_shrink[0]),
                     "fitted_on_odd": listed(self._cal_fold_shrink[1]),
                     "not_cross_fitted": [s for s in tested if s in self._cal_one_parity]}
+        stretched = [s for s in tested if s in self.series_stretch]
+        if stretched:  # the factors of the series tested (on split=val: of each fold)
+            folds = ({"fitted_on_even": self._cal_fold_stretch[0],
+                      "fitted_on_odd": self._cal_fold_stretch[1]}
+                     if self.test_split == "val" else {"fitted": self.cal_series_stretch})
+            settings["series_stretch_factors"] = {
+                fold: {s: round(float(k[self.info.series_names.index(s)]), 4) for s in stretched}
+                for fold, k in folds.items()}
         self._results = self._evaluation.results(settings)
         self._evaluation = None
 
     # ---- pipeline interface (maelab.lit.base) -------------------------------------------------
     @property
     def calibrated(self) -> bool:
-        """Ready to test: nothing to fit (`series_shrink: none`) or the weights fitted."""
-        return self.series_shrink == "none" or bool(self.cal_series_shrink.isfinite().all())
+        """Ready to test: nothing to fit, or the shrinkage weights and stretch factors fitted."""
+        shrunk = self.series_shrink == "none" or bool(self.cal_series_shrink.isfinite().all())
+        stretched = not self.series_stretch or bool(self.cal_series_stretch.isfinite().all())
+        return shrunk and stretched
 
     def calibrate(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
-        """One pass over the validation windows (their fixed masks) that fits `cal_series_shrink`."""
-        if self.series_shrink == "none":
+        """One pass over the validation windows (their fixed masks) that fits `cal_series_shrink`
+        and `cal_series_stretch`."""
+        if not self._calibrates:
             return
         self._cal_collected = []
         try:
@@ -494,8 +545,8 @@ class MMMAEModule(MaeModule):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """A checkpoint from before the calibration buffer loads it unfitted (NaN): it is
         calibrated on validation when tested."""
-        state_dict.setdefault(prefix + "cal_series_shrink", torch.full_like(self.cal_series_shrink,
-                                                                            float("nan")))
+        for name in ("cal_series_shrink", "cal_series_stretch"):
+            state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), float("nan")))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def summary(self) -> dict[str, Any]:
