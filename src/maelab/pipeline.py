@@ -442,7 +442,7 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
     validate_config(run_cfg)
     L.seed_everything(run_cfg.seed, workers=True)
     out_dir = run_dir / results_folder(split, ckpt_path, named)
-    refit = "threshold" in overrides or "series_stretch" in calibration  # a fitted setting changed
+    refit = "threshold" in overrides or bool(calibration)  # a fitted setting changed: refit all
     metrics = evaluate_checkpoint(run_cfg, ckpt_path, out_dir, recalibrate=refit,
                                   print_table=print_table, split=split, overrides=named)
     atomic_write_json(out_dir / "timings.json", PHASES.take())

@@ -426,8 +426,8 @@ class MMMAEModule(MaeModule):
         if self.test_split == "val" and self._calibrates and self._cal_one_parity:
             rank_zero_warn(f"split=val: the validation windows of {', '.join(self._cal_one_parity)} "
                            "hold catchments of one parity only, so the other fold has none and "
-                           "their series keep the model's own values (weights of 1, not "
-                           "cross-fitted)")
+                           "their series keep the model's own values (weights and stretch "
+                           "factor of 1, not cross-fitted)")
         dm = self.trainer.datamodule
         self.use_data(dm)  # the climatology, when setup did not run
         ev = self.hparams.evaluation
