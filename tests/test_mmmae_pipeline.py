@@ -318,6 +318,8 @@ def test_series_stretch_is_fitted_after_training_and_switched_at_evaluation(
         assert torch.equal(before[name], after[name])
     with pytest.raises(ConfigError, match="model.calibration.series_stretch"):
         evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_stretch=[rain]"]))
+    with pytest.raises(ConfigError, match=r"calibration.series_stretch.*\[riverflow\]"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_stretch=riverflow"]))
 
 
 def test_series_shrink_none_keeps_the_model() -> None:

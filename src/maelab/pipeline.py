@@ -423,6 +423,9 @@ def evaluate(cfg: DictConfig, print_table: bool = True) -> dict[str, Any]:
             raise ConfigError(f"calibration.{key}", value,
                               "null: only MM-MAE checkpoints have a series calibration")
         if key == "series_stretch":
+            if isinstance(value, str):
+                raise ConfigError("calibration.series_stretch", value,
+                                  "a list of series, e.g. '[riverflow]' ([]: none)")
             value = list(value)
             named.setdefault("calibration", {})[key] = ",".join(value) or "none"
         else:

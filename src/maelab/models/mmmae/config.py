@@ -155,6 +155,9 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         one_of("series_shrink", self.series_shrink, SERIES_SHRINK)
+        if isinstance(self.series_stretch, str):  # `series_stretch=riverflow`: not a list
+            raise ConfigError("series_stretch", self.series_stretch,
+                              "a list of series names, e.g. [riverflow] ([]: none)")
         self.series_stretch = list(self.series_stretch)
         if len(set(self.series_stretch)) != len(self.series_stretch):
             raise ConfigError("series_stretch", self.series_stretch, "distinct series names")
