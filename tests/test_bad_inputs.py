@@ -56,6 +56,7 @@ TRAIN_CASES = [
     ([*HYDRO, "+model.loss.variability.riverflow=1.0"], "model.loss.variability.riverflow"),
     ([*HYDRO, "model.calibration.series_stretch=[rainfall]"], "model.calibration.series_stretch"),
     ([*HYDRO, "model.calibration.series_stretch=riverflow"], "model.calibration.series_stretch"),
+    ([*HYDRO, "model.calibration.series_stretch_side=below"], "model.calibration.series_stretch_side"),
     (["threshold.method=median"], "threshold.method"),
     (["threshold.percentile=100"], "threshold.percentile"),
     (["seed=abc"], "seed"),

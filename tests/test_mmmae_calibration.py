@@ -164,6 +164,16 @@ def test_stretch_widens_hidden_days_about_the_climatology_and_keeps_visible_days
         assert torch.allclose(both[i], stretch_series(pred[i], clim[i], h[i], float(per_window[i])))
 
 
+def test_stretch_above_only_keeps_the_days_at_or_below_the_climatology() -> None:
+    w = _windows()
+    clim, pred = _climatology(w), w["x"]
+    out = stretch_series(pred, clim, w["hidden"], 2.0, above_only=True)
+    up = w["hidden"] & (pred > clim)
+    assert up.any() and (w["hidden"] & ~up).any()
+    assert torch.allclose(out[up], (clim + 2.0 * (pred - clim))[up])
+    assert torch.equal(out[~up], pred[~up])
+
+
 def test_median_kge_is_the_evaluations_median_over_catchments() -> None:
     w = _windows()
     pred = w["x"] + 0.3 * torch.randn_like(w["x"])
@@ -186,6 +196,20 @@ def test_fit_stretch_undoes_a_damping_about_the_climatology(shrink: bool) -> Non
     k, weights = fit_stretch(pred, clim, w["x"], w["valid"], w["hidden"], w["catchment"], LOG,
                              shrink=shrink)
     assert k == 2.0 and weights.tolist() == [1.0] * len(DISTANCE_BINS)
+
+
+def test_fit_stretch_above_only_undoes_a_damping_of_the_peaks() -> None:
+    """A model that halves the truth's excess over the climatology and is exact below it is
+    restored by k = 2 when only the days above the climatology are stretched."""
+    w = _windows()
+    clim = _climatology(w)
+    pred = torch.where(w["x"] > clim, clim + 0.5 * (w["x"] - clim), w["x"])
+    k, _ = fit_stretch(pred, clim, w["x"], w["valid"], w["hidden"], w["catchment"], LOG,
+                       shrink=False, above_only=True)
+    assert k == 2.0
+    both, _ = fit_stretch(pred, clim, w["x"], w["valid"], w["hidden"], w["catchment"], LOG,
+                          shrink=False)
+    assert both != 2.0  # stretching both sides cannot restore it: another compromise
 
 
 def test_fit_stretch_takes_the_grid_factor_with_the_best_median_kge() -> None:

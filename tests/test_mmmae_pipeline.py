@@ -316,6 +316,11 @@ def test_series_stretch_is_fitted_after_training_and_switched_at_evaluation(
     after = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     for name in ("cal_series_shrink", "cal_series_stretch"):
         assert torch.equal(before[name], after[name])
+    above = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_stretch=[riverflow]",
+                                              "calibration.series_stretch_side=above"]))
+    assert above["settings"]["series_stretch_side"] == "above"
+    assert (base_dir / "eval-calibration.series_stretch=riverflow,"
+            "calibration.series_stretch_side=above" / "metrics.json").is_file()
     with pytest.raises(ConfigError, match="model.calibration.series_stretch"):
         evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_stretch=[rain]"]))
     with pytest.raises(ConfigError, match=r"calibration.series_stretch.*\[riverflow\]"):

@@ -9,7 +9,8 @@ with the daily climatology of the training period and one k per series from `STR
 chosen to maximise the median KGE over catchments of the calibrated series (stretched, then
 shrunk with weights refitted for that k) on the validation windows' hidden valid days. A model
 fitted to squared errors damps its spread toward its correlation (KGE's α < 1); k > 1 widens it.
-k = 1 keeps the model.
+k = 1 keeps the model. `above_only`: only days where the model is above the climatology are
+stretched (`series_stretch_side: above`).
 
 Shrinkage (`series_shrink`): on a hidden series day the prediction becomes
 
@@ -102,10 +103,13 @@ def fit_shrinkage(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidd
 
 
 def stretch_series(pred: torch.Tensor, clim: torch.Tensor, hidden: torch.Tensor,
-                   k: float) -> torch.Tensor:
-    """pred, clim (B, T) normalised, hidden (B, T) bool → (B, T): hidden days stretched about the
-    climatology by k (clim + k · (pred − clim)); visible days unchanged."""
-    return torch.where(hidden, torch.lerp(clim.to(pred.dtype), pred, k), pred)
+                   k: float | torch.Tensor, above_only: bool = False) -> torch.Tensor:
+    """pred, clim (B, T) normalised, hidden (B, T) bool, k a float or (B, 1) → (B, T): hidden days
+    (with `above_only`, those above the climatology) stretched about the climatology by k
+    (clim + k · (pred − clim)); the other days unchanged."""
+    clim = clim.to(pred.dtype)
+    stretched = hidden & (pred > clim) if above_only else hidden
+    return torch.where(stretched, torch.lerp(clim, pred, k), pred)
 
 
 def median_kge(sim: torch.Tensor, obs: torch.Tensor, catchment: torch.Tensor) -> float:
@@ -118,7 +122,7 @@ def median_kge(sim: torch.Tensor, obs: torch.Tensor, catchment: torch.Tensor) ->
 
 def fit_stretch(pred: torch.Tensor, clim: torch.Tensor, x: torch.Tensor, valid: torch.Tensor,
                 hidden: torch.Tensor, catchment: torch.Tensor, stats: Mapping[str, Any],
-                shrink: bool = True) -> tuple[float, torch.Tensor]:
+                shrink: bool = True, above_only: bool = False) -> tuple[float, torch.Tensor]:
     """(k, weights): the `STRETCH_GRID` k with the highest median KGE (module docstring; ties:
     the smallest k) and the shrinkage weights fitted for it (all 1 when not `shrink`).
 
@@ -131,7 +135,7 @@ def fit_stretch(pred: torch.Tensor, clim: torch.Tensor, x: torch.Tensor, valid: 
     ones = torch.ones(len(DISTANCE_BINS), dtype=torch.float64)
     fitted = {}  # k → (median KGE, weights)
     for k in STRETCH_GRID.tolist():
-        stretched = stretch_series(pred, clim, hidden, k)
+        stretched = stretch_series(pred, clim, hidden, k, above_only)
         weights = fit_shrinkage(stretched, x, valid, hidden, catchment, stats) if shrink else ones
         out = shrink_series(stretched, x, valid, hidden, weights) if shrink else stretched
         fitted[k] = (median_kge(denormalise(out[scored], stats), true, days), weights)

@@ -22,6 +22,7 @@ SERIES_MASKS = ("random_days", "all", "contiguous", "visible")  # masking.series
 ATTENTIONS = ("factorised", "joint")
 HIDE_SERIES_OTHERS = ("masked", "visible", "mixed")  # the other series when one is hidden whole
 SERIES_SHRINK = ("by_distance", "none")  # calibration.series_shrink values
+STRETCH_SIDES = ("both", "above")  # calibration.series_stretch_side values
 # the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
 GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
 SERIES_PRIORS = ("interpolation", "climatology", "regression")
@@ -152,9 +153,12 @@ class CalibrationConfig:
     # interpolation by a weight per distance to the nearest visible day | none: the model as is
     series_stretch: list[str] = field(default_factory=list)  # series whose hidden days are
     # stretched about their climatology by the factor with the best median KGE on validation
+    series_stretch_side: str = "both"  # both: every hidden day | above: only days the model puts
+    # above the climatology (peaks widened, recessions kept)
 
     def __post_init__(self) -> None:
         one_of("series_shrink", self.series_shrink, SERIES_SHRINK)
+        one_of("series_stretch_side", self.series_stretch_side, STRETCH_SIDES)
         if isinstance(self.series_stretch, str):  # `series_stretch=riverflow`: not a list
             raise ConfigError("series_stretch", self.series_stretch,
                               "a list of series names, e.g. [riverflow] ([]: none)")

@@ -105,6 +105,7 @@ class MMMAEModule(MaeModule):
         self._prior_target = target if uses_prior else None  # the series the trees predict
         # the config's defaults and choices (checked again here for modules built directly)
         self.series_shrink, self.series_stretch = cal.series_shrink, cal.series_stretch
+        self.stretch_above_only = cal.series_stretch_side == "above"
         self.net = self._build_net(dict(net))
         # (S, bins) shrinkage weights per series (NaN: not calibrated)
         self.register_buffer("cal_series_shrink", torch.full(
@@ -371,9 +372,9 @@ class MMMAEModule(MaeModule):
                 fit = (cat["valid"][rows], cat["hidden"][rows], cat["catchment"][rows],
                        self.info.stats[s])
                 if s in self.series_stretch:
-                    factors[j, i], weights[j, i] = fit_stretch(cat["pred"][rows],
-                                                               cat["clim"][rows], x, *fit,
-                                                               shrink=shrink)
+                    factors[j, i], weights[j, i] = fit_stretch(
+                        cat["pred"][rows], cat["clim"][rows], x, *fit, shrink=shrink,
+                        above_only=self.stretch_above_only)
                 elif shrink:
                     weights[j, i] = fit_shrinkage(cat["pred"][rows], x, *fit)
         self.cal_series_shrink.copy_(weights[0])
@@ -410,7 +411,8 @@ class MMMAEModule(MaeModule):
             if s in self.series_stretch:
                 k = (float(self.cal_series_stretch[i]) if other is None else
                      self._cal_fold_stretch[other, i].to(pred.device, pred.dtype)[:, None])  # (B, 1)
-                pred = stretch_series(pred, self._series_climatology(batch, s), hidden, k)
+                pred = stretch_series(pred, self._series_climatology(batch, s), hidden, k,
+                                      self.stretch_above_only)
             if self.series_shrink != "none":
                 weights = (self.cal_series_shrink[i] if other is None  # (bins,)
                            else self._cal_fold_shrink[other, i])  # (B, bins)
@@ -491,7 +493,8 @@ class MMMAEModule(MaeModule):
                     "cross_modal": ev.get("cross_modal"),
                     "series_shrink": self.series_shrink,
                     "series_shrink_weights": None,
-                    "series_stretch": list(self.series_stretch)}
+                    "series_stretch": list(self.series_stretch),
+                    "series_stretch_side": "above" if self.stretch_above_only else "both"}
         tested = [s for s in self.info.series_names if s in self._evaluation.series]
 
         def listed(weights: torch.Tensor) -> dict[str, Any]:  # (S, bins) → the tested series'
