@@ -230,7 +230,8 @@ def test_fold_weights_are_the_fit_on_each_parity_of_catchments() -> None:
     assert bool((module._cal_fold_shrink[1, i] == 1).all())
 
 
-def test_stretch_factors_are_the_fit_on_each_parity_and_validation_windows_get_the_other() -> None:
+def test_stretch_factors_are_the_fit_on_each_parity_and_validation_windows_get_the_other(
+        caplog: pytest.LogCaptureFixture) -> None:
     """With `series_stretch=[riverflow]` the calibration's three (factor, weights) pairs are
     `fit_stretch` on all validation windows and on each parity of catchments; a validation
     window is then stretched by the other parity's factor, a test window by the saved one."""
@@ -249,10 +250,13 @@ def test_stretch_factors_are_the_fit_on_each_parity_and_validation_windows_get_t
             "clim": clim, "valid": torch.rand(8, 15, generator=gen) > 0.1,
             "hidden": torch.rand(8, 15, generator=gen) > 0.4, "catchment": torch.arange(8) % 4}})
     module._cal_collected = batches
-    module._fit_calibration()
+    with caplog.at_level("INFO", logger="maelab.models.mmmae.module"):
+        module._fit_calibration()
     cat = {k: torch.cat([b["riverflow"][k] for b in batches]) for k in batches[0]["riverflow"]}
     i = module.info.series_names.index("riverflow")
     stats = module.info.stats["riverflow"]
+    k_all = float(module.cal_series_stretch[i])
+    assert f"riverflow: stretch k {k_all:g}; shrink weights " in caplog.text  # the fit, logged
     fits = ((module.cal_series_stretch[i], module.cal_series_shrink[i], None),
             (module._cal_fold_stretch[0, i], module._cal_fold_shrink[0, i], 0),
             (module._cal_fold_stretch[1, i], module._cal_fold_shrink[1, i], 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from maelab.models.mmmae.model import MMMAE
 from maelab.models.mmmae.priors import doy_index, grid_priors, normalise, normalised_climatology
 from maelab.models.mmmae.regression import ForcingRegression, RegressionPrior, training_batches
 from maelab.scoring.hydro_metrics import interpolate_days
+
+log = logging.getLogger(__name__)
 
 _HIDE_SERIES_STREAM = -2  # keys the whole-series hiding noise apart from the masks' streams
 _HIDE_OTHERS_STREAM = -4  # keys `hide_series_others=mixed`'s coin (apart from the streams above and below)
@@ -359,6 +362,7 @@ class MMMAEModule(MaeModule):
         factors = torch.ones(3, *self.cal_series_stretch.shape, dtype=torch.float64)
         shrink = self.series_shrink != "none"
         one_parity = []  # series whose validation catchments are all even or all odd
+        fitted = []  # "<series>: …" for the log
         for i, s in enumerate(self.info.series_names):
             items = [c[s] for c in self._cal_collected if s in c]
             if not items:
@@ -377,10 +381,16 @@ class MMMAEModule(MaeModule):
                         above_only=self.stretch_above_only)
                 elif shrink:
                     weights[j, i] = fit_shrinkage(cat["pred"][rows], x, *fit)
+            parts = [f"stretch k {float(factors[0, i]):g}"] if s in self.series_stretch else []
+            if shrink:
+                parts.append("shrink weights " + ", ".join(f"{w:g}" for w in weights[0, i].tolist()))
+            fitted.append(f"{s}: {'; '.join(parts)}")
         self.cal_series_shrink.copy_(weights[0])
         self.cal_series_stretch.copy_(factors[0])
         self._cal_fold_shrink, self._cal_fold_stretch = weights[1:], factors[1:]
         self._cal_one_parity = one_parity
+        log.info("calibrated on validation (shrink weights by days to the nearest visible day: "
+                 "%s): %s", ", ".join(DISTANCE_LABELS), " | ".join(fitted) or "no series window")
 
     @property
     def _calibrates(self) -> bool:
