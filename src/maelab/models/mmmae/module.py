@@ -108,7 +108,7 @@ class MMMAEModule(MaeModule):
         self._prior_target = target if uses_prior else None  # the series the trees predict
         # the config's defaults and choices (checked again here for modules built directly)
         self.series_shrink, self.series_stretch = cal.series_shrink, cal.series_stretch
-        self.stretch_above_only = cal.series_stretch_side == "above"
+        self.series_stretch_side = cal.series_stretch_side
         self.net = self._build_net(dict(net))
         # (S, bins) shrinkage weights per series (NaN: not calibrated)
         self.register_buffer("cal_series_shrink", torch.full(
@@ -378,7 +378,7 @@ class MMMAEModule(MaeModule):
                 if s in self.series_stretch:
                     factors[j, i], weights[j, i] = fit_stretch(
                         cat["pred"][rows], cat["clim"][rows], x, *fit, shrink=shrink,
-                        above_only=self.stretch_above_only)
+                        above_only=self.series_stretch_side == "above")
                 elif shrink:
                     weights[j, i] = fit_shrinkage(cat["pred"][rows], x, *fit)
             parts = [f"stretch k {float(factors[0, i]):g}"] if s in self.series_stretch else []
@@ -411,18 +411,18 @@ class MMMAEModule(MaeModule):
         if self.test_split == "val" and self._cal_fold_shrink is None:
             raise RuntimeError("split=val needs the calibration pass run in this process "
                                "(maelab.pipeline runs it: needs_calibration)")
+        # (B,) on validation windows: the fold not holding the window
+        other = 1 - batch["catchment"].cpu() % 2 if self.test_split == "val" else None
         series = {}
         for s, pred in out["series"].items():
             i = self.info.series_names.index(s)
             x, pred = torch.nan_to_num(batch["series"][s].float()), pred.float()
             valid, hidden = batch["series_valid"][s], batch["series_mask"][s]
-            # (B,) on validation windows: the fold not holding the window
-            other = 1 - batch["catchment"].cpu() % 2 if self.test_split == "val" else None
             if s in self.series_stretch:
                 k = (float(self.cal_series_stretch[i]) if other is None else
                      self._cal_fold_stretch[other, i].to(pred.device, pred.dtype)[:, None])  # (B, 1)
                 pred = stretch_series(pred, self._series_climatology(batch, s), hidden, k,
-                                      self.stretch_above_only)
+                                      self.series_stretch_side == "above")
             if self.series_shrink != "none":
                 weights = (self.cal_series_shrink[i] if other is None  # (bins,)
                            else self._cal_fold_shrink[other, i])  # (B, bins)
@@ -504,7 +504,7 @@ class MMMAEModule(MaeModule):
                     "series_shrink": self.series_shrink,
                     "series_shrink_weights": None,
                     "series_stretch": list(self.series_stretch),
-                    "series_stretch_side": "above" if self.stretch_above_only else "both"}
+                    "series_stretch_side": self.series_stretch_side}
         tested = [s for s in self.info.series_names if s in self._evaluation.series]
 
         def listed(weights: torch.Tensor) -> dict[str, Any]:  # (S, bins) → the tested series'
