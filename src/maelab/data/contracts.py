@@ -9,7 +9,7 @@ the model rebuilds the family's class from it (`SeriesInfo(**data_info)`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -53,6 +53,8 @@ class HydroInfo(DataInfo):
     static_names: list[str]
     stats: dict[str, dict[str, float | bool]]  # per present modality: mean, std, log (training)
     units: dict[str, str] = field(default_factory=dict)  # per present modality, after denormalise
+    donor_series: list[str] = field(default_factory=list)  # series given with donors (data.donors)
+    n_donors: int = 0  # K: donor catchments per series
 
 
 class SeriesBatch(TypedDict):
@@ -65,6 +67,16 @@ class SeriesBatch(TypedDict):
     anomaly_type: Tensor  # int64 (B,) index into SeriesInfo.anomaly_types; -1 unknown
     start: Tensor  # int64 (B,) first step of the window in its series
     series: Tensor  # int64 (B,) which series the window comes from
+
+
+class HydroDonors(TypedDict):
+    """Per series of `data.donors.series`: its K most correlated other catchments (training
+    period) on the window's days."""
+
+    series: dict[str, Tensor]  # float32 (B, K, T) normalised, as `HydroBatch.series`
+    valid: dict[str, Tensor]  # bool (B, K, T)
+    catchment: dict[str, Tensor]  # int64 (B, K) the donors' catchment indices
+    weight: dict[str, Tensor]  # float32 (B, K) their training correlation (≥ 0)
 
 
 class HydroBatch(TypedDict):
@@ -85,3 +97,4 @@ class HydroBatch(TypedDict):
     catchment: Tensor  # int64 (B,) index into the DataModule's catchment_ids
     start: Tensor  # int64 (B,) first day, index on the store's day axis
     time: Tensor  # int64 (B, T) days since 1970-01-01 of each step
+    donors: NotRequired[HydroDonors]  # only with data.donors

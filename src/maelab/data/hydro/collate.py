@@ -3,6 +3,8 @@
 A sample holds raw (physical-unit) memory-mapped window views; `HydroCollate` stacks a batch,
 normalises it with the training statistics (log1p first for log series) and flags validity.
 Absent modalities become NaN values with False validity and presence (stride-0 views).
+With `data.donors`, a sample also holds its donor catchments' values of those series
+(`HydroDonors`).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ class HydroWindowDataset(Dataset):
     memory-mapped window views; `HydroCollate` copies and normalises them batch-wise."""
 
     def __init__(self, store: PreparedStore, windows: np.ndarray, seq_len: int,
-                 locations: np.ndarray) -> None:
+                 locations: np.ndarray,
+                 donors: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.store, self.windows, self.seq_len = store, windows, int(seq_len)  # windows (N, 2)
         mean = np.asarray(store.meta["static_mean"], dtype=np.float32)
         std = np.asarray(store.meta["static_std"], dtype=np.float32)
         self.static = (store.static - mean) / std  # (C, A) normalised
         self.locations = locations  # (C, 2) patch-grid (row, col), NaN when unknown
+        self.donors = dict(donors or {})  # series → (C, K) donor indices, (C, K) weights
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -48,7 +52,7 @@ class HydroWindowDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         c, s = (int(v) for v in self.windows[i])
         days = slice(s, s + self.seq_len)
-        return {
+        sample = {
             "grids": {g: a[days] for g, a in self.store.grids.items()},  # (T, P, p*p) each
             "series": {n: a[c, days] for n, a in self.store.series.items()},  # (T,) each
             "static": self.static[c],  # (A,)
@@ -56,6 +60,10 @@ class HydroWindowDataset(Dataset):
             "catchment": c,
             "start": s,
         }
+        if self.donors:  # per series: (K, T) raw values of its donors, their indices, weights
+            sample["donors"] = {n: (self.store.series[n][idx[c], days], idx[c], w[c])
+                                for n, (idx, w) in self.donors.items()}
+        return sample
 
 
 class HydroCollate:
@@ -95,4 +103,18 @@ class HydroCollate:
         start = torch.tensor([s["start"] for s in samples], dtype=torch.int64)
         batch["catchment"], batch["start"] = catchment, start
         batch["time"] = self.day0 + start[:, None] + torch.arange(t)  # (B, T)
+        if "donors" in samples[0]:
+            batch["donors"] = self._donors(samples)
         return batch
+
+    def _donors(self, samples: list[dict[str, Any]]) -> dict[str, dict[str, torch.Tensor]]:
+        """`HydroDonors`: each donor series normalised as the series is, (B, K, T)."""
+        out: dict[str, dict[str, torch.Tensor]] = {"series": {}, "valid": {}, "catchment": {},
+                                                   "weight": {}}
+        for n in samples[0]["donors"]:
+            x = torch.from_numpy(_stack_normalised([s["donors"][n][0] for s in samples],
+                                                   self.stats[n]))  # (B, K, T)
+            out["series"][n], out["valid"][n] = x, x.isfinite()
+            out["catchment"][n] = torch.from_numpy(np.stack([s["donors"][n][1] for s in samples]))
+            out["weight"][n] = torch.from_numpy(np.stack([s["donors"][n][2] for s in samples]))
+        return out

@@ -22,6 +22,10 @@ False validity and False presence, as stride-0 views (read-only):
     catchment       int64 (B,)                      index into `catchment_ids`
     start           int64 (B,)                      first day, index on the store's day axis
     time            int64 (B, T)                    days since 1970-01-01 of each step
+    donors          (only with `data.donors.series`) per such series, its K donor catchments:
+                    the other catchments whose series correlates best with this one's over the
+                    training period, ranked: series/valid (B, K, T), catchment (B, K) indices,
+                    weight (B, K) their correlation (clipped at 0)
 
 (`maelab.data.contracts.HydroBatch`). Patch index on the full grid = patch_row * 18 + patch_col
 (row 0 south, col 0 west); valid patch k sits at `valid_patch_idx[k]`. Values de-normalise with
@@ -74,6 +78,40 @@ def as_plain(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: as_plain(v) for k, v in obj.items()}
     return obj
+
+
+def pairwise_correlation(x: np.ndarray) -> np.ndarray:
+    """(C, D) series with NaN gaps → (C, C) Pearson correlations, each pair over the days where
+    both are finite; NaN where a pair shares fewer than 2 days or one is constant there."""
+    ok = np.isfinite(x)
+    v, m = np.where(ok, x, 0.0), ok.astype(np.float64)
+    n = m @ m.T  # (C, C) common days
+    sx, sy = v @ m.T, m @ v.T  # sums of x (row) and y (column) over the common days
+    sxx, syy, sxy = (v * v) @ m.T, m @ (v * v).T, v @ v.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = sxy - sx * sy / n
+        var_x, var_y = sxx - sx * sx / n, syy - sy * sy / n
+        r = cov / np.sqrt(var_x * var_y)
+    return np.where((n >= 2) & (var_x > 0) & (var_y > 0), r, np.nan)
+
+
+def _parse_donors(donors: Mapping[str, Any] | None, series: Sequence[str],
+                  present: Mapping[str, bool]) -> tuple[list[str], int]:
+    """`data.donors` ({series: [...], count: K}) → (series, K); no series: ([], 0)."""
+    donors = dict(donors or {})
+    unknown = sorted(set(donors) - {"series", "count"})
+    if unknown:
+        raise ConfigError(f"data.donors.{unknown[0]}", donors[unknown[0]], ["series", "count"])
+    names = donors.get("series") or []
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ConfigError("data.donors.series", names, "a list of series names, e.g. "
+                          "'data.donors.series=[catchment_precipitation]'")
+    for n in names:
+        if n not in series or not present.get(n):
+            raise ConfigError("data.donors.series", n, [k for k in series if present.get(k)])
+    if not names:
+        return [], 0
+    return list(names), positive_int("data.donors.count", donors.get("count", 5))
 
 
 def _parse_splits(splits: Mapping[str, Any], seq_len: int) -> dict[str, tuple[np.datetime64, ...]]:
@@ -149,6 +187,7 @@ class HydroDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         shuffle_seed: int = 0,
+        donors: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         grids = as_plain(grids) if grids is not None else {g: g for g in GRID_NAMES}
@@ -197,6 +236,8 @@ class HydroDataModule(L.LightningDataModule):
         self.shuffle_seed = positive_int("data.shuffle_seed", shuffle_seed, minimum=0)
         self.grid_names, self.series_names = list(grids), list(series)
         self.present = {n: v is not None for n, v in {**grids, **series}.items()}
+        self.donor_series, self.n_donors = _parse_donors(as_plain(donors), self.series_names,
+                                                        self.present)
         self._store_path: Path | None = None
         self._store: PreparedStore | None = None
         self.datasets: dict[str, HydroWindowDataset] = {}
@@ -346,7 +387,7 @@ class HydroDataModule(L.LightningDataModule):
             n_static=int(self.n_static), static_names=list(self.static_names),
             stats={k: {"mean": float(v["mean"]), "std": float(v["std"]), "log": bool(v["log"])}
                    for k, v in self.stats.items()},
-            units=self.units,
+            units=self.units, donor_series=list(self.donor_series), n_donors=self.n_donors,
         )
 
     # -- windows and loaders ------------------------------------------------------------------
@@ -373,10 +414,33 @@ class HydroDataModule(L.LightningDataModule):
         if self.datasets:
             return
         locations = self.catchment_locations  # (C, 2)
+        donors = self.donor_table()
         for split in SPLITS:
             win = self.windows(split)
-            self.datasets[split] = HydroWindowDataset(self.store, win, self.seq_len, locations)
+            self.datasets[split] = HydroWindowDataset(self.store, win, self.seq_len, locations,
+                                                      donors)
             self._check_split(split, win)
+
+    def donor_table(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per series of `data.donors.series`: (C, K) int64 indices of each catchment's K donors,
+        the other catchments whose series has the highest Pearson correlation with its own over
+        the training period's days where both are valid (ranked, best first), and (C, K) float32
+        those correlations clipped at 0 (a catchment pair with no common day: 0)."""
+        store = self.store
+        c = store.n_catchments
+        if self.donor_series and self.n_donors >= c:
+            raise ConfigError("data.donors.count", self.n_donors,
+                              f"fewer than the {c} catchments of the data")
+        lo, hi = (store.day_index(d) for d in self.splits["train"])
+        out = {}
+        for name in self.donor_series:
+            r = pairwise_correlation(np.asarray(store.series[name][:, lo:hi + 1], dtype=np.float64))
+            np.fill_diagonal(r, -np.inf)  # never its own donor
+            idx = np.argsort(-r, axis=1, kind="stable")[:, :self.n_donors]  # (C, K)
+            w = np.take_along_axis(r, idx, 1)
+            out[name] = (idx.astype(np.int64), np.clip(np.nan_to_num(w, nan=0.0), 0, None)
+                         .astype(np.float32))
+        return out
 
     def _check_split(self, split: str, win: np.ndarray) -> None:
         """Log the split's windows; warn when it holds fewer than MIN_EVAL_WINDOWS or, for

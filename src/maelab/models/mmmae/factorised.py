@@ -14,7 +14,9 @@ Tokens (D = d_model; per sample, T days, P valid land patches, S series):
                 embedding + day + season (+ the catchment's place and, with grids, the day's
                 value of each grid at the catchment's patch: its visible cells' mean on days it
                 is visible, else the visible-neighbour mean — visible information only; with
-                `forcing_series`, those series' visible values and antecedent means); the
+                `forcing_series`, those series' visible values and antecedent means, and with
+                `donor_series` their donors' estimate on each day and the antecedent means of
+                the series filled with it where its own day is hidden); the
                 place where a day's grids and series meet and the catchment's days follow each
                 other (a register, as in ViTs with registers)
 Hidden tokens are never built (their values are never read): the encoder sees n = P − hidden
@@ -54,6 +56,8 @@ from maelab.models.mmmae.model import _filled, catchment_embedding
 from maelab.models.mmmae.priors import (
     GRID_PRIORS,
     antecedent,
+    donor_estimate,
+    donor_filled,
     doy_index,
     gap_features,
     grid_priors,
@@ -245,6 +249,7 @@ class FactorisedMMMAE(nn.Module):
         series_priors: Sequence[str] = ("interpolation",),
         forcing_series: Sequence[str] = (),
         antecedent_days: Sequence[float] = ANTECEDENT_DAYS,
+        donor_series: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.grid_names, self.series_names = list(grid_names), list(series_names)
@@ -258,6 +263,11 @@ class FactorisedMMMAE(nn.Module):
         unknown = [s for s in self.forcing_series if s not in self.series_names]
         if unknown:
             raise ValueError(f"forcing_series {unknown}: not among the series {self.series_names}")
+        self.donor_series = list(donor_series)
+        unknown = [s for s in self.donor_series if s not in self.forcing_series]
+        if unknown:
+            raise ValueError(f"donor_series {unknown}: not among the forcing series "
+                             f"{self.forcing_series}")
         d, dd = d_model, decoder_dim
         n_mod = len(self.grid_names) + len(self.series_names) + 1  # + day tokens
         kg, ks = len(self.grid_prior_names), len(self.series_prior_names)
@@ -272,7 +282,8 @@ class FactorisedMMMAE(nn.Module):
         n_forcing = len(self.grid_names) * (2 + len(self.antecedent_days))
         self.catchment_forcing = nn.Linear(n_forcing, d) \
             if self.catchment_location and self.grid_names else None
-        n_series_forcing = len(self.forcing_series) * (2 + len(self.antecedent_days))
+        n_series_forcing = (len(self.forcing_series) + len(self.donor_series)) \
+            * (2 + len(self.antecedent_days))
         self.series_forcing = nn.Linear(n_series_forcing, d) if n_series_forcing else None
         self.encoder = nn.ModuleList(FactorisedBlock(d, heads, mlp_ratio, dropout, attn_dropout)
                                      for _ in range(depth))
@@ -428,23 +439,42 @@ class FactorisedMMMAE(nn.Module):
                              * known.view(b, 1, 1))
         return torch.cat(parts, -1)
 
+    def _seen_features(self, x: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """(B, T, 2 + A): the value where seen (0 elsewhere), whether it is, and its A antecedent
+        means over `antecedent_days` taken over the seen days only (0 before the first)."""
+        x = torch.where(seen, x.float(), 0.0)[..., None]  # (B, T, 1)
+        w = seen.float()[..., None]
+        num, den = antecedent(x, self.antecedent_days), antecedent(w, self.antecedent_days)
+        seen_before = den > 0  # some seen day up to t
+        mean = torch.where(seen_before, num / torch.where(seen_before, den, 1.0), 0.0)
+        return torch.cat([x, w, mean], -1)
+
     def forcing_from_series(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """(B, T, forcing series · (2 + A)) each of `forcing_series` on its visible valid days:
-        the value (0 elsewhere), whether it is visible, and its A antecedent means over
-        `antecedent_days` taken over the visible valid days only (0 before the first); 0 where
-        the series is absent. The catchment's forcing when it comes as series rather than grids (CAMELS)."""
-        parts = []
+        """(B, T, (forcing + donor series) · (2 + A)): each of `forcing_series` on its visible
+        valid days (`_seen_features`), then for each of `donor_series` its donors' estimate
+        (`donor_estimate`: visible donor days only) with whether there is one, and the antecedent
+        means of the series filled with the estimate where its own day is not visible; 0 where
+        the series is absent. The catchment's forcing when it comes as series rather than grids
+        (CAMELS)."""
+        parts, donors = [], []
         with torch.no_grad():
             for s in self.forcing_series:
                 seen = batch["series_valid"][s] & ~batch["series_mask"][s] \
                     & batch["present"][s].view(-1, 1)  # (B, T)
-                x = torch.where(seen, batch["series"][s].float(), 0.0)[..., None]  # (B, T, 1)
-                w = seen.float()[..., None]
-                num, den = antecedent(x, self.antecedent_days), antecedent(w, self.antecedent_days)
-                seen_before = den > 0  # some visible day up to t
-                mean = torch.where(seen_before, num / torch.where(seen_before, den, 1.0), 0.0)
-                parts.append(torch.cat([x, w, mean], -1))
-        return torch.cat(parts, -1)
+                parts.append(self._seen_features(batch["series"][s], seen))
+                if s not in self.donor_series:
+                    continue
+                if "donor_mask" not in batch:
+                    raise ValueError(f"the network reads donors of {s} (data.donors.series) and "
+                                     "the batch has none")
+                d = batch["donors"]
+                d_seen = d["valid"][s] & ~batch["donor_mask"][s] \
+                    & batch["present"][s].view(-1, 1, 1)  # (B, K, T)
+                est, has = donor_estimate(d["series"][s], d_seen, d["weight"][s])  # (B, T)
+                filled, known = donor_filled(batch["series"][s], seen, est, has)
+                ante = self._seen_features(filled, known)[..., 2:]  # (B, T, A)
+                donors.append(torch.cat([est[..., None], has.float()[..., None], ante], -1))
+        return torch.cat(parts + donors, -1)
 
     # ---- encoder ------------------------------------------------------------------------------
     def encode(self, batch: Mapping[str, Any]) -> dict[str, Any]:

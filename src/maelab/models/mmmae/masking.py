@@ -15,6 +15,7 @@ validation and test (fixed masks, identical across epochs, batch orders and batc
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NotRequired
 
 import torch
 
@@ -29,6 +30,7 @@ class MaskedHydroBatch(HydroBatch):
 
     grid_mask: dict[str, torch.Tensor]  # bool (B, T, P) True = hidden; `unified`: one shared tensor
     series_mask: dict[str, torch.Tensor]  # bool (B, T) True = hidden; `shared`: one shared tensor
+    donor_mask: NotRequired[dict[str, torch.Tensor]]  # bool (B, K, T) per donor series (`donors`)
 
 
 def _draw(noise: KeyedNoise, cfg: MaskingConfig, streams: int, days: int, units: int) -> torch.Tensor:
@@ -103,10 +105,32 @@ def window_noise(seed: int, batch: HydroBatch, stream: int) -> KeyedNoise:
     return KeyedNoise(seed, torch.full_like(start, stream), batch["catchment"], start)
 
 
+def donor_masks(batch: HydroBatch, cfg: MaskingConfig, seed: int, stream: int, n_valid: int,
+                grid_names: Sequence[str], series_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Per donor series (`batch["donors"]`) bool (B, K, T): each donor's days hidden exactly as
+    that catchment's own window with the same start and stream hides them (the same keyed
+    draws, grids first), so a donor shows only what its own window shows."""
+    start, t = batch["start"], batch["time"].shape[1]
+    out = {}
+    for name, ids in batch["donors"]["catchment"].items():
+        b, k = ids.shape
+        noise = KeyedNoise(seed, torch.full((b * k,), stream, dtype=torch.int64,
+                                            device=start.device),
+                           ids.reshape(-1).to(start.device), start.repeat_interleave(k))
+        grid_masks(noise, cfg, t, n_valid, grid_names)  # the window's first draws
+        out[name] = series_masks(noise, cfg, t, series_names)[name].reshape(b, k, t)
+    return out
+
+
 def with_masks(batch: HydroBatch, cfg: MaskingConfig, seed: int, stream: int, n_valid: int,
                grid_names: Sequence[str], series_names: Sequence[str]) -> MaskedHydroBatch:
-    """`batch` with grid and series masks drawn for its windows (grids first, then series)."""
+    """`batch` with grid and series masks drawn for its windows (grids first, then series), and
+    its donors' masks when it has donors."""
     noise = window_noise(seed, batch, stream)
     t = batch["time"].shape[1]
-    return {**batch, "grid_mask": grid_masks(noise, cfg, t, n_valid, grid_names),
-            "series_mask": series_masks(noise, cfg, t, series_names)}
+    out = {**batch, "grid_mask": grid_masks(noise, cfg, t, n_valid, grid_names),
+           "series_mask": series_masks(noise, cfg, t, series_names)}
+    if "donors" in batch:
+        out["donor_mask"] = donor_masks(batch, cfg, seed, stream, n_valid, grid_names,
+                                        series_names)
+    return out

@@ -136,6 +136,13 @@ class MMMAEModule(MaeModule):
                   "patch_grid_shape": info.patch_grid_shape, "n_static": info.n_static}
         attention = net.pop("attention", "factorised")
         self.decode_fraction = float(net.pop("decode_fraction", 1.0))
+        forcing = list(net.get("forcing_series") or [])
+        for s in info.donor_series:
+            if attention == "joint" or s not in forcing:
+                raise ConfigError("data.donors.series", s,
+                                  "series of model.net.forcing_series "
+                                  f"({', '.join(forcing) or 'none'}; the factorised network "
+                                  "reads donors of its forcing series only)")
         if attention == "joint":
             net.pop("grid_priors", None)
             net.pop("forcing_series", None)
@@ -143,7 +150,7 @@ class MMMAEModule(MaeModule):
             skip = "interpolation" if "interpolation" in net.pop("series_priors", []) else "none"
             return MMMAE(**layout, **net, series_skip=skip)
         net.pop("temporal_patch", None)
-        return FactorisedMMMAE(**layout, **net)
+        return FactorisedMMMAE(**layout, **net, donor_series=info.donor_series)
 
     def setup(self, stage: str) -> None:
         """Lightning hook: `use_data` with the trainer's DataModule."""

@@ -16,6 +16,9 @@ Series (B, T) normalised (log1p first where the data says so):
     climatology      per catchment, the training period's daily climatology
     regression       the cross-modal series only: gradient-boosted trees on the visible forcing
                      series (maelab.models.mmmae.regression.RegressionPrior, given by the module)
+Donor catchments (`data.donors`): a series' value on a day from the visible valid days of its
+most correlated catchments (`donor_estimate`), and the series filled with it where its own day is
+hidden (`donor_filled`).
 Missing values fall back along the list (interpolation → neighbour mean → climatology → 0 for
 grids; interpolation → climatology → 0 for series), so every prior is finite.
 """
@@ -31,7 +34,8 @@ from maelab.models.mmmae.config import GRID_PRIORS, SERIES_PRIORS
 from maelab.scoring.hydro_metrics import day_of_year, interpolate_days, neighbour_mean
 
 __all__ = ["GRID_PRIORS", "SERIES_PRIORS", "doy_index", "grid_priors", "nearest_days", "normalise",
-           "normalised_climatology", "series_priors", "value_at_patch", "antecedent", "gap_features"]
+           "normalised_climatology", "series_priors", "value_at_patch", "antecedent", "gap_features",
+           "donor_estimate", "donor_filled"]
 
 
 def normalise(x: torch.Tensor, stats: Mapping[str, Any]) -> torch.Tensor:
@@ -151,6 +155,26 @@ def antecedent(x: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
     num = torch.nn.functional.conv1d(torch.nn.functional.pad(flat, (t - 1, 0)), kernel)  # (B·C, S, T)
     den = w.cumsum(-1)  # (S, T): the weights of days 0 … t
     return (num / den).reshape(b, c, len(scales), t).permute(0, 3, 1, 2).reshape(b, t, -1)
+
+
+def donor_estimate(values: torch.Tensor, seen: torch.Tensor, weight: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A series from its donor catchments on each day: the weighted mean of the donors' visible
+    valid values. values, seen (B, K, T) (hidden or invalid values are never read); weight (B, K)
+    ≥ 0 (the donors' training correlation) → (B, T) estimate (0 where no donor is seen) and
+    (B, T) bool whether one is."""
+    w = torch.where(seen, weight.float()[..., None], 0.0)  # (B, K, T)
+    total = w.sum(1)  # (B, T)
+    has = total > 0
+    num = (w * torch.where(seen, values.float(), 0.0)).sum(1)
+    return torch.where(has, num / torch.where(has, total, 1.0), 0.0), has
+
+
+def donor_filled(x: torch.Tensor, seen: torch.Tensor, estimate: torch.Tensor, has: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) the series' own value where it is seen, else the donors' estimate where there is
+    one (0 elsewhere), and (B, T) bool where either is."""
+    return torch.where(seen, x.float(), torch.where(has, estimate, 0.0)), seen | has
 
 
 def series_priors(names: Sequence[str], x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,

@@ -5,6 +5,8 @@ window shows of its forcing series (catchment precipitation and temperature), da
 - each forcing series' value on the day (NaN where it is hidden or missing);
 - its means over the visible valid days of the last k days of the window (k = 2 … 90), with
   the share of those days that were visible, and over the next 2, 7 and 30 days;
+- with donors (`data.donors`), the hidden days of a forcing series filled by its donors'
+  visible values (`donor_estimate`) before the above, and whether each day's value is its own;
 - the day of the year (sine, cosine) and the day's place in the window;
 - the catchment: its training-period climatology of the target on that day (log1p), its
   training standard deviation, and its index (a categorical feature, up to 255 catchments).
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from maelab.models.mmmae.priors import donor_estimate
 from maelab.scoring.hydro_metrics import day_of_year, denormalise
 
 BACK_DAYS = (2, 3, 5, 7, 10, 15, 20, 30, 45, 60, 90)  # trailing means (days, within the window)
@@ -72,12 +75,22 @@ class ForcingRegression:
             seen = (batch["series_valid"][s] & batch["present"][s].view(-1, 1)).cpu().numpy()
             if not visible:
                 seen = seen & ~batch["series_mask"][s].cpu().numpy()
+            own = seen
+            if s in batch.get("donor_mask", {}):  # hidden days filled from the visible donors
+                d = batch["donors"]
+                d_seen = d["valid"][s] & ~batch["donor_mask"][s] \
+                    & batch["present"][s].view(-1, 1, 1)  # (B, K, T)
+                est, has = donor_estimate(d["series"][s], d_seen, d["weight"][s])  # (B, T)
+                x = np.where(seen, x, denormalise(est.cpu(), self.stats[s]).numpy())
+                seen = seen | has.cpu().numpy()
             cols.append(np.where(seen, x, np.nan))
             for k in BACK_DAYS:
                 cols.extend(trailing_means(x, seen, k))
             for k in AHEAD_DAYS:  # the same means over days [t, t + k − 1], read backwards
                 mean, _ = trailing_means(x[:, ::-1], seen[:, ::-1], k)
                 cols.append(mean[:, ::-1])
+            if seen is not own:  # whether the day's value is the catchment's own
+                cols.append(own.astype(float))
         doy = day_of_year(batch["time"].cpu())  # (B, T)
         angle = 2 * np.pi * doy / 366.0
         cols += [np.sin(angle), np.cos(angle), np.broadcast_to(np.arange(t, dtype=float), (b, t)),
