@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from maelab.models.mmmae.config import ANTECEDENT_DAYS
+from maelab.models.mmmae.masking import visible_donors
 from maelab.models.mmmae.model import _filled, catchment_embedding
 from maelab.models.mmmae.priors import (
     GRID_PRIORS,
@@ -468,9 +469,8 @@ class FactorisedMMMAE(nn.Module):
                     raise ValueError(f"the network reads donors of {s} (data.donors.series) and "
                                      "the batch has none")
                 d = batch["donors"]
-                d_seen = d["valid"][s] & ~batch["donor_mask"][s] \
-                    & batch["present"][s].view(-1, 1, 1)  # (B, K, T)
-                est, has = donor_estimate(d["series"][s], d_seen, d["weight"][s])  # (B, T)
+                est, has = donor_estimate(d["series"][s], visible_donors(batch, s),
+                                          d["weight"][s])  # (B, T)
                 filled, known = donor_filled(batch["series"][s], seen, est, has)
                 ante = self._seen_features(filled, known)[..., 2:]  # (B, T, A)
                 donors.append(torch.cat([est[..., None], has.float()[..., None], ante], -1))

@@ -122,6 +122,13 @@ def donor_masks(batch: HydroBatch, cfg: MaskingConfig, seed: int, stream: int, n
     return out
 
 
+def visible_donors(batch: MaskedHydroBatch, name: str) -> torch.Tensor:
+    """(B, K, T) bool: the donor days of series `name` that are valid, present and not hidden by
+    the donors' own masks (what the network and the regression baseline may read)."""
+    d = batch["donors"]
+    return d["valid"][name] & ~batch["donor_mask"][name] & batch["present"][name].view(-1, 1, 1)
+
+
 def with_masks(batch: HydroBatch, cfg: MaskingConfig, seed: int, stream: int, n_valid: int,
                grid_names: Sequence[str], series_names: Sequence[str]) -> MaskedHydroBatch:
     """`batch` with grid and series masks drawn for its windows (grids first, then series), and

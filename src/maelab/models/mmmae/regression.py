@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from maelab.models.mmmae.masking import visible_donors
 from maelab.models.mmmae.priors import donor_estimate
 from maelab.scoring.hydro_metrics import day_of_year, denormalise
 
@@ -75,12 +76,11 @@ class ForcingRegression:
             seen = (batch["series_valid"][s] & batch["present"][s].view(-1, 1)).cpu().numpy()
             if not visible:
                 seen = seen & ~batch["series_mask"][s].cpu().numpy()
-            own = seen
-            if s in batch.get("donor_mask", {}):  # hidden days filled from the visible donors
+            own, donors = seen, s in batch.get("donor_mask", {})
+            if donors:  # hidden days filled from the visible donors
                 d = batch["donors"]
-                d_seen = d["valid"][s] & ~batch["donor_mask"][s] \
-                    & batch["present"][s].view(-1, 1, 1)  # (B, K, T)
-                est, has = donor_estimate(d["series"][s], d_seen, d["weight"][s])  # (B, T)
+                est, has = donor_estimate(d["series"][s], visible_donors(batch, s),
+                                          d["weight"][s])  # (B, T)
                 x = np.where(seen, x, denormalise(est.cpu(), self.stats[s]).numpy())
                 seen = seen | has.cpu().numpy()
             cols.append(np.where(seen, x, np.nan))
@@ -89,7 +89,7 @@ class ForcingRegression:
             for k in AHEAD_DAYS:  # the same means over days [t, t + k − 1], read backwards
                 mean, _ = trailing_means(x[:, ::-1], seen[:, ::-1], k)
                 cols.append(mean[:, ::-1])
-            if seen is not own:  # whether the day's value is the catchment's own
+            if donors:  # whether the day's value is the catchment's own
                 cols.append(own.astype(float))
         doy = day_of_year(batch["time"].cpu())  # (B, T)
         angle = 2 * np.pi * doy / 366.0
