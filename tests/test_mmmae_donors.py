@@ -223,7 +223,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_a_run_with_donors_trains_and_evaluates(tmp_path: Path, cache: str) -> None:
     """debug=fast with donors trains and tests; the regression baseline reads the donors too
     (one more feature per forcing series: whether the day's value is its own); `evaluate.py`
-    gives the checkpoint's table back."""
+    gives the checkpoint's table back, and without donors a ConfigError naming them."""
     metrics, _ = train(compose_cfg("train", [*SMALL, cache, *DONORS,
                                              "model.evaluation.regression=[evaporation]",
                                              "model.evaluation.regression_windows=64"],
@@ -236,6 +236,11 @@ def test_a_run_with_donors_trains_and_evaluates(tmp_path: Path, cache: str) -> N
     for row in ("riverflow / mmmae", "riverflow (all days hidden) / mmmae",
                 "riverflow (all days hidden) / regression"):
         assert again["test"][row]["rmse"] == pytest.approx(rows[row]["rmse"], rel=1e-6)
+    # its network reads donors: evaluating it without them names the setting, not the weights
+    with pytest.raises(ConfigError, match=r"data\.donors\.series=\[\] \(the checkpoint's: "
+                                          r"\['evaporation'\]\)$"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={metrics['checkpoint']}",
+                                          "+data.donors.series=[]"]))
     cfg = compose_cfg("train", [*SMALL, cache, *DONORS])
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)

@@ -218,6 +218,10 @@ def _train(cfg: DictConfig, out_dir: Path, print_table: bool) -> tuple[dict[str,
     return metrics, {"trainer": trainer, "module": module, "datamodule": dm}
 
 
+# data_info fields named by the data setting a user types, where the two differ
+_DATA_KEYS = {"donor_series": "donors.series", "n_donors": "donors.count"}
+
+
 def load_weights(module: MaeModule, state: dict, dm: L.LightningDataModule, key: str,
                  value: Any) -> None:
     """Load the checkpoint `state` (given as `key`=`value`) into `module`. When the data `dm` do
@@ -232,9 +236,11 @@ def load_weights(module: MaeModule, state: dict, dm: L.LightningDataModule, key:
                   if k in now and saved[k] != now[k] and k != "batch_size"}
         if not differ:
             raise
-        sizes = [k for k, (old, _) in differ.items()
-                 if isinstance(old, int) and not isinstance(old, bool)] or list(differ)
-        text = "; ".join(f"data.{k}={_short(differ[k][1])} (the checkpoint's: "
+        if "donor_series" in differ:  # donors on / off: the series say it, the count follows
+            differ.pop("n_donors", None)
+        sizes = [k for k, (old, _) in differ.items() if k == "donor_series"
+                 or (isinstance(old, int) and not isinstance(old, bool))] or list(differ)
+        text = "; ".join(f"data.{_DATA_KEYS.get(k, k)}={_short(differ[k][1])} (the checkpoint's: "
                          f"{_short(differ[k][0])})" for k in sizes)
         others = [k for k in differ if k not in sizes]
         raise ConfigError(key, str(value), "a checkpoint trained on data of these shapes; the "
