@@ -57,6 +57,8 @@ TRAIN_CASES = [
     ([*HYDRO, "model.calibration.series_stretch=[rainfall]"], "model.calibration.series_stretch"),
     ([*HYDRO, "model.calibration.series_stretch=riverflow"], "model.calibration.series_stretch"),
     ([*HYDRO, "model.calibration.series_stretch_side=below"], "model.calibration.series_stretch_side"),
+    ([*HYDRO, "model.calibration.series_stretch_windows=some"],
+     "model.calibration.series_stretch_windows"),
     ([*HYDRO, "data.donors.series=riverflow"], "data.donors.series"),
     ([*HYDRO, "data.donors.series=[rainfall]"], "data.donors.series"),
     ([*HYDRO, "data.donors.series=[evaporation]"], "data.donors.series"),  # not a forcing series

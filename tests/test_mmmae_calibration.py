@@ -15,6 +15,7 @@ from maelab.models.mmmae.calibration import (
     distance_bin,
     fit_shrinkage,
     fit_stretch,
+    in_windows_with_visible,
     median_kge,
     shrink_series,
     stretch_series,
@@ -172,6 +173,28 @@ def test_stretch_above_only_keeps_the_days_at_or_below_the_climatology() -> None
     assert up.any() and (w["hidden"] & ~up).any()
     assert torch.allclose(out[up], (clim + 2.0 * (pred - clim))[up])
     assert torch.equal(out[~up], pred[~up])
+
+
+def test_stretch_with_visible_only_keeps_the_windows_with_no_visible_day() -> None:
+    """`series_stretch_windows: with_visible`: window 0 (every day hidden) keeps the model, the
+    others are stretched as before; the fit scores window 0 unstretched for every k."""
+    w = _windows()
+    clim, pred = _climatology(w), w["x"] + 0.2
+    days = in_windows_with_visible(w["hidden"], w["valid"])
+    assert not days[0].any() and torch.equal(days[1:], w["hidden"][1:])
+    out = stretch_series(pred, clim, days, 1.5)
+    assert torch.equal(out[0], pred[0])
+    assert torch.equal(out[1:], stretch_series(pred, clim, w["hidden"], 1.5)[1:])
+    damped = clim + 0.5 * (w["x"] - clim)
+    k, _ = fit_stretch(damped, clim, w["x"], w["valid"], w["hidden"], w["catchment"], LOG,
+                       shrink=False, with_visible_only=True)
+    scored = w["hidden"] & w["valid"]
+    cat, true = w["catchment"][:, None].expand_as(scored)[scored], denormalise(w["x"][scored], LOG)
+
+    def score(k: float) -> float:  # the median KGE with window 0 unstretched
+        return median_kge(denormalise(stretch_series(damped, clim, days, k)[scored], LOG), true, cat)
+
+    assert k == max(STRETCH_GRID.tolist(), key=lambda k: (score(k), -k))
 
 
 def test_median_kge_is_the_evaluations_median_over_catchments() -> None:

@@ -325,6 +325,14 @@ def test_series_stretch_is_fitted_after_training_and_switched_at_evaluation(
     assert above["settings"]["series_stretch_side"] == "above"
     assert (base_dir / "eval-calibration.series_stretch=riverflow,"
             "calibration.series_stretch_side=above" / "metrics.json").is_file()
+    # windows with no visible riverflow day (the cross-modal tests) keep the model's values
+    # (with every window stretched, as by `above`, those rows move)
+    visible = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_stretch=[riverflow]",
+                                                "calibration.series_stretch_windows=with_visible"]))
+    assert visible["settings"]["series_stretch_windows"] == "with_visible"
+    for row in ("riverflow (all days hidden) / mmmae", "riverflow (alone, all days hidden) / mmmae"):
+        assert visible["test"][row]["rmse"] == pytest.approx(base["test"][row]["rmse"], rel=1e-6)
+        assert above["test"][row]["rmse"] != pytest.approx(base["test"][row]["rmse"], rel=1e-6)
     with pytest.raises(ConfigError, match="model.calibration.series_stretch"):
         evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_stretch=[rain]"]))
     with pytest.raises(ConfigError, match=r"calibration.series_stretch.*\[riverflow\]"):

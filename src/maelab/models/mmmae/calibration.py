@@ -10,7 +10,8 @@ chosen to maximise the median KGE over catchments of the calibrated series (stre
 shrunk with weights refitted for that k) on the validation windows' hidden valid days. A model
 fitted to squared errors damps its spread toward its correlation (KGE's α < 1); k > 1 widens it.
 k = 1 keeps the model. `above_only`: only days where the model is above the climatology are
-stretched (`series_stretch_side: above`).
+stretched (`series_stretch_side: above`). `with_visible_only`: only windows with a visible valid
+day are stretched (`series_stretch_windows: with_visible`), as only they are shrunk.
 
 Shrinkage (`series_shrink`): on a hidden series day the prediction becomes
 
@@ -102,6 +103,11 @@ def fit_shrinkage(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidd
     return weights
 
 
+def in_windows_with_visible(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """hidden, valid (B, T) bool → (B, T) the hidden days of windows with a visible valid day."""
+    return hidden & (valid & ~hidden).any(1, keepdim=True)
+
+
 def stretch_series(pred: torch.Tensor, clim: torch.Tensor, hidden: torch.Tensor,
                    k: float | torch.Tensor, above_only: bool = False) -> torch.Tensor:
     """pred, clim (B, T) normalised, hidden (B, T) bool, k a float or (B, 1) → (B, T): hidden days
@@ -122,20 +128,22 @@ def median_kge(sim: torch.Tensor, obs: torch.Tensor, catchment: torch.Tensor) ->
 
 def fit_stretch(pred: torch.Tensor, clim: torch.Tensor, x: torch.Tensor, valid: torch.Tensor,
                 hidden: torch.Tensor, catchment: torch.Tensor, stats: Mapping[str, Any],
-                shrink: bool = True, above_only: bool = False) -> tuple[float, torch.Tensor]:
+                shrink: bool = True, above_only: bool = False, with_visible_only: bool = False
+                ) -> tuple[float, torch.Tensor]:
     """(k, weights): the `STRETCH_GRID` k with the highest median KGE (module docstring; ties:
     the smallest k) and the shrinkage weights fitted for it (all 1 when not `shrink`).
 
     pred, clim, x (N, T) normalised validation windows, valid / hidden (N, T) bool, catchment (N,).
     No KGE defined for any k (no scored day, constant flows): k = 1."""
     scored = hidden & valid
+    stretched_days = in_windows_with_visible(hidden, valid) if with_visible_only else hidden
     pred, clim = pred.double(), clim.double()
     true = denormalise(x[scored], stats)
     days = catchment[:, None].expand_as(x)[scored]  # (n,) the scored days' catchments
     ones = torch.ones(len(DISTANCE_BINS), dtype=torch.float64)
     fitted = {}  # k → (median KGE, weights)
     for k in STRETCH_GRID.tolist():
-        stretched = stretch_series(pred, clim, hidden, k, above_only)
+        stretched = stretch_series(pred, clim, stretched_days, k, above_only)
         weights = fit_shrinkage(stretched, x, valid, hidden, catchment, stats) if shrink else ones
         out = shrink_series(stretched, x, valid, hidden, weights) if shrink else stretched
         fitted[k] = (median_kge(denormalise(out[scored], stats), true, days), weights)

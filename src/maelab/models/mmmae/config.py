@@ -23,6 +23,7 @@ ATTENTIONS = ("factorised", "joint")
 HIDE_SERIES_OTHERS = ("masked", "visible", "mixed")  # the other series when one is hidden whole
 SERIES_SHRINK = ("by_distance", "none")  # calibration.series_shrink values
 STRETCH_SIDES = ("both", "above")  # calibration.series_stretch_side values
+STRETCH_WINDOWS = ("all", "with_visible")  # calibration.series_stretch_windows values
 # the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
 GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
 SERIES_PRIORS = ("interpolation", "climatology", "regression")
@@ -155,10 +156,13 @@ class CalibrationConfig:
     # stretched about their climatology by the factor with the best median KGE on validation
     series_stretch_side: str = "both"  # both: every hidden day | above: only days the model puts
     # above the climatology (peaks widened, recessions kept)
+    series_stretch_windows: str = "all"  # all | with_visible: windows with no visible valid day
+    # of the series (the cross-modal tests) keep the model's values, as with the shrinkage
 
     def __post_init__(self) -> None:
         one_of("series_shrink", self.series_shrink, SERIES_SHRINK)
         one_of("series_stretch_side", self.series_stretch_side, STRETCH_SIDES)
+        one_of("series_stretch_windows", self.series_stretch_windows, STRETCH_WINDOWS)
         if isinstance(self.series_stretch, str):  # `series_stretch=riverflow`: not a list
             raise ConfigError("series_stretch", self.series_stretch,
                               "a list of series names, e.g. [riverflow] ([]: none)")

@@ -19,6 +19,7 @@ from maelab.models.mmmae.calibration import (
     DISTANCE_LABELS,
     fit_shrinkage,
     fit_stretch,
+    in_windows_with_visible,
     shrink_series,
     stretch_series,
 )
@@ -109,6 +110,7 @@ class MMMAEModule(MaeModule):
         # the config's defaults and choices (checked again here for modules built directly)
         self.series_shrink, self.series_stretch = cal.series_shrink, cal.series_stretch
         self.series_stretch_side = cal.series_stretch_side
+        self.series_stretch_windows = cal.series_stretch_windows
         self.net = self._build_net(dict(net))
         # (S, bins) shrinkage weights per series (NaN: not calibrated)
         self.register_buffer("cal_series_shrink", torch.full(
@@ -385,7 +387,8 @@ class MMMAEModule(MaeModule):
                 if s in self.series_stretch:
                     factors[j, i], weights[j, i] = fit_stretch(
                         cat["pred"][rows], cat["clim"][rows], x, *fit, shrink=shrink,
-                        above_only=self.series_stretch_side == "above")
+                        above_only=self.series_stretch_side == "above",
+                        with_visible_only=self.series_stretch_windows == "with_visible")
                 elif shrink:
                     weights[j, i] = fit_shrinkage(cat["pred"][rows], x, *fit)
             parts = [f"stretch k {float(factors[0, i]):g}"] if s in self.series_stretch else []
@@ -428,7 +431,9 @@ class MMMAEModule(MaeModule):
             if s in self.series_stretch:
                 k = (float(self.cal_series_stretch[i]) if other is None else
                      self._cal_fold_stretch[other, i].to(pred.device, pred.dtype)[:, None])  # (B, 1)
-                pred = stretch_series(pred, self._series_climatology(batch, s), hidden, k,
+                days = (in_windows_with_visible(hidden, valid)
+                        if self.series_stretch_windows == "with_visible" else hidden)
+                pred = stretch_series(pred, self._series_climatology(batch, s), days, k,
                                       self.series_stretch_side == "above")
             if self.series_shrink != "none":
                 weights = (self.cal_series_shrink[i] if other is None  # (bins,)
@@ -511,7 +516,8 @@ class MMMAEModule(MaeModule):
                     "series_shrink": self.series_shrink,
                     "series_shrink_weights": None,
                     "series_stretch": list(self.series_stretch),
-                    "series_stretch_side": self.series_stretch_side}
+                    "series_stretch_side": self.series_stretch_side,
+                    "series_stretch_windows": self.series_stretch_windows}
         tested = [s for s in self.info.series_names if s in self._evaluation.series]
 
         def listed(weights: torch.Tensor) -> dict[str, Any]:  # (S, bins) → the tested series'
