@@ -58,6 +58,11 @@ def distance_bin(distance: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(distance, edges, right=True)
 
 
+def in_windows_with_visible(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """hidden, valid (B, T) bool → (B, T) the hidden days of windows with a visible valid day."""
+    return hidden & (valid & ~hidden).any(1, keepdim=True)
+
+
 def shrink_series(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,
                   weights: torch.Tensor) -> torch.Tensor:
     """pred, x (B, T) normalised, valid / hidden (B, T) bool, weights (len(DISTANCE_BINS),), or
@@ -69,7 +74,7 @@ def shrink_series(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidd
     weights = weights.to(pred.device, pred.dtype)
     s = weights[bins] if weights.dim() == 1 else weights.gather(1, bins)  # (B, T)
     pulled = torch.lerp(prior, pred, s)  # exact at s = 0 and s = 1
-    return torch.where(hidden & known.any(1, keepdim=True), pulled, pred)
+    return torch.where(in_windows_with_visible(hidden, valid), pulled, pred)
 
 
 def fit_shrinkage(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,
@@ -80,7 +85,7 @@ def fit_shrinkage(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidd
     A bin with no scored day keeps 1 (the model)."""
     known = valid & ~hidden
     prior = interpolate_days(x, known)  # (N, T) float64
-    scored = hidden & valid & known.any(1, keepdim=True)
+    scored = in_windows_with_visible(hidden, valid) & valid
     weights = torch.ones(len(DISTANCE_BINS), dtype=torch.float64)
     if not bool(scored.any()):
         return weights
@@ -101,11 +106,6 @@ def fit_shrinkage(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidd
         sse = ((trial - true[k]) ** 2) @ inv_sst[c[k]]  # (G,) Σ_c SSE_c / SST_c
         weights[b] = SHRINK_GRID[int(torch.argmin(sse))]
     return weights
-
-
-def in_windows_with_visible(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """hidden, valid (B, T) bool → (B, T) the hidden days of windows with a visible valid day."""
-    return hidden & (valid & ~hidden).any(1, keepdim=True)
 
 
 def stretch_series(pred: torch.Tensor, clim: torch.Tensor, hidden: torch.Tensor,
