@@ -176,25 +176,29 @@ def test_stretch_above_only_keeps_the_days_at_or_below_the_climatology() -> None
 
 
 def test_stretch_with_visible_only_keeps_the_windows_with_no_visible_day() -> None:
-    """`series_stretch_windows: with_visible`: window 0 (every day hidden) keeps the model, the
-    others are stretched as before; the fit scores window 0 unstretched for every k."""
+    """`series_stretch_windows: with_visible`: windows 0–2 (every day hidden, catchments 0–2)
+    keep the model, the others are stretched as before; the fit scores those three unstretched
+    for every k, so it no longer finds the k = 2 that restores a model damped by half."""
     w = _windows()
+    w["hidden"][:3] = True
     clim, pred = _climatology(w), w["x"] + 0.2
     days = in_windows_with_visible(w["hidden"], w["valid"])
-    assert not days[0].any() and torch.equal(days[1:], w["hidden"][1:])
-    out = stretch_series(pred, clim, days, 1.5)
-    assert torch.equal(out[0], pred[0])
-    assert torch.equal(out[1:], stretch_series(pred, clim, w["hidden"], 1.5)[1:])
+    assert not days[:3].any() and torch.equal(days[3:], w["hidden"][3:])
+    out = stretch_series(pred, clim, w["hidden"], 1.5, valid=w["valid"])
+    assert torch.equal(out[:3], pred[:3])
+    assert torch.equal(out[3:], stretch_series(pred, clim, w["hidden"], 1.5)[3:])
     damped = clim + 0.5 * (w["x"] - clim)
-    k, _ = fit_stretch(damped, clim, w["x"], w["valid"], w["hidden"], w["catchment"], LOG,
-                       shrink=False, with_visible_only=True)
+    fit = (w["x"], w["valid"], w["hidden"], w["catchment"], LOG)
+    k, _ = fit_stretch(damped, clim, *fit, shrink=False, with_visible_only=True)
     scored = w["hidden"] & w["valid"]
     cat, true = w["catchment"][:, None].expand_as(scored)[scored], denormalise(w["x"][scored], LOG)
 
-    def score(k: float) -> float:  # the median KGE with window 0 unstretched
-        return median_kge(denormalise(stretch_series(damped, clim, days, k)[scored], LOG), true, cat)
+    def score(k: float) -> float:  # the median KGE with windows 0–2 unstretched
+        stretched = stretch_series(damped, clim, w["hidden"], k, valid=w["valid"])
+        return median_kge(denormalise(stretched[scored], LOG), true, cat)
 
     assert k == max(STRETCH_GRID.tolist(), key=lambda k: (score(k), -k))
+    assert fit_stretch(damped, clim, *fit, shrink=False)[0] == 2.0 != k
 
 
 def test_median_kge_is_the_evaluations_median_over_catchments() -> None:

@@ -109,12 +109,16 @@ def fit_shrinkage(pred: torch.Tensor, x: torch.Tensor, valid: torch.Tensor, hidd
 
 
 def stretch_series(pred: torch.Tensor, clim: torch.Tensor, hidden: torch.Tensor,
-                   k: float | torch.Tensor, above_only: bool = False) -> torch.Tensor:
+                   k: float | torch.Tensor, above_only: bool = False,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
     """pred, clim (B, T) normalised, hidden (B, T) bool, k a float or (B, 1) → (B, T): hidden days
-    (with `above_only`, those above the climatology) stretched about the climatology by k
-    (clim + k · (pred − clim)); the other days unchanged."""
+    (with `above_only`, those above the climatology; with `valid` (B, T) bool, those of windows
+    with a visible valid day) stretched about the climatology by k (clim + k · (pred − clim));
+    the other days unchanged."""
     clim = clim.to(pred.dtype)
-    stretched = hidden & (pred > clim) if above_only else hidden
+    stretched = hidden if valid is None else in_windows_with_visible(hidden, valid)
+    if above_only:
+        stretched = stretched & (pred > clim)
     return torch.where(stretched, torch.lerp(clim, pred, k), pred)
 
 
@@ -136,14 +140,14 @@ def fit_stretch(pred: torch.Tensor, clim: torch.Tensor, x: torch.Tensor, valid: 
     pred, clim, x (N, T) normalised validation windows, valid / hidden (N, T) bool, catchment (N,).
     No KGE defined for any k (no scored day, constant flows): k = 1."""
     scored = hidden & valid
-    stretched_days = in_windows_with_visible(hidden, valid) if with_visible_only else hidden
+    only_in = valid if with_visible_only else None  # stretch windows with a visible day only
     pred, clim = pred.double(), clim.double()
     true = denormalise(x[scored], stats)
     days = catchment[:, None].expand_as(x)[scored]  # (n,) the scored days' catchments
     ones = torch.ones(len(DISTANCE_BINS), dtype=torch.float64)
     fitted = {}  # k → (median KGE, weights)
     for k in STRETCH_GRID.tolist():
-        stretched = stretch_series(pred, clim, stretched_days, k, above_only)
+        stretched = stretch_series(pred, clim, hidden, k, above_only, only_in)
         weights = fit_shrinkage(stretched, x, valid, hidden, catchment, stats) if shrink else ones
         out = shrink_series(stretched, x, valid, hidden, weights) if shrink else stretched
         fitted[k] = (median_kge(denormalise(out[scored], stats), true, days), weights)

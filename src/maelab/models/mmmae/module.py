@@ -19,7 +19,6 @@ from maelab.models.mmmae.calibration import (
     DISTANCE_LABELS,
     fit_shrinkage,
     fit_stretch,
-    in_windows_with_visible,
     shrink_series,
     stretch_series,
 )
@@ -431,10 +430,10 @@ class MMMAEModule(MaeModule):
             if s in self.series_stretch:
                 k = (float(self.cal_series_stretch[i]) if other is None else
                      self._cal_fold_stretch[other, i].to(pred.device, pred.dtype)[:, None])  # (B, 1)
-                days = (in_windows_with_visible(hidden, valid)
-                        if self.series_stretch_windows == "with_visible" else hidden)
-                pred = stretch_series(pred, self._series_climatology(batch, s), days, k,
-                                      self.series_stretch_side == "above")
+                pred = stretch_series(pred, self._series_climatology(batch, s), hidden, k,
+                                      self.series_stretch_side == "above",
+                                      valid if self.series_stretch_windows == "with_visible"
+                                      else None)
             if self.series_shrink != "none":
                 weights = (self.cal_series_shrink[i] if other is None  # (bins,)
                            else self._cal_fold_shrink[other, i])  # (B, bins)
