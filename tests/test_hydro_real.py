@@ -111,8 +111,8 @@ def test_haduk_grid_with_camels_v2_series(tmp_path: Path) -> None:
 def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None:
     """`experiment=hydro_camels` (NSE* on riverflow, forcing series) on the real series, with
     their missing days: every catchment's training spread is finite and the run trains, fits its
-    riverflow stretch on validation and tests, beside the regression baseline of the cross-modal
-    tests."""
+    riverflow stretch and its cross-modal blend with the regression trees on validation and
+    tests, beside the regression baseline of the cross-modal tests."""
     from maelab.pipeline import build_datamodule, build_module, train
     from tests.conftest import compose_cfg
 
@@ -125,6 +125,7 @@ def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None
     assert list(cfg.model.loss.nse_star) == ["riverflow"]
     assert cfg.model.hide_series_others == "mixed"
     assert list(cfg.model.calibration.series_stretch) == ["riverflow"]
+    assert cfg.model.calibration.cross_modal_blend == "regression"
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     assert module.net.forcing_series == ["catchment_precipitation", "catchment_temperature"]
@@ -137,3 +138,8 @@ def test_camels_experiment_trains_with_the_nse_star_loss(tmp_path: Path) -> None
     for test in ("riverflow (all days hidden)", "riverflow (alone, all days hidden)"):
         row = metrics["test"][f"{test} / regression"]
         assert np.isfinite(row["nse_median"]) and row["n"] == metrics["test"][f"{test} / mmmae"]["n"]
+    weights = metrics["settings"]["cross_modal_blend_weights"]["fitted"]
+    assert all(0.0 <= w <= 1.0 for w in weights.values())
+    saved = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert saved["cal_cross_modal_blend"].tolist() == pytest.approx(
+        [weights["forcing_masked"], weights["forcing_visible"]], abs=1e-4)

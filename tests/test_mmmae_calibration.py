@@ -1,5 +1,5 @@
-"""Series calibration (maelab.models.mmmae.calibration): the shrinkage toward interpolation and the
-stretch about the climatology, pure functions."""
+"""Series calibration (maelab.models.mmmae.calibration): the shrinkage toward interpolation, the
+stretch about the climatology and the cross-modal blend with the trees, pure functions."""
 
 from __future__ import annotations
 
@@ -8,15 +8,20 @@ import pytest
 import torch
 
 from maelab.models.mmmae.calibration import (
+    BLEND_GRID,
     DISTANCE_BINS,
     SHRINK_GRID,
     STRETCH_GRID,
+    blend_series,
     days_to_visible,
     distance_bin,
+    fit_blend,
     fit_shrinkage,
     fit_stretch,
     in_windows_with_visible,
+    in_windows_without_visible,
     median_kge,
+    median_nse,
     shrink_series,
     stretch_series,
 )
@@ -273,3 +278,71 @@ def test_fit_stretch_keeps_the_model_with_nothing_scored() -> None:
     none = torch.zeros_like(w["hidden"])
     k, weights = fit_stretch(w["x"] + 1, clim, w["x"], w["valid"], none, w["catchment"], LOG)
     assert k == 1.0 and weights.tolist() == [1.0] * len(DISTANCE_BINS)
+
+
+def _cross_modal(n: int = 40, t: int = 30, seed: int = 3) -> dict[str, torch.Tensor]:
+    """Windows 0–29 with every day hidden (the cross-modal tests), 30–39 with visible days."""
+    w = _windows(n, t, seed)
+    w["hidden"][:30] = True
+    return w
+
+
+def test_blend_moves_only_the_hidden_days_of_windows_with_no_visible_day() -> None:
+    """w = 0 keeps the model bit for bit; w = 1 gives the trees (physical units) on the hidden
+    days of windows with no visible valid day; windows with one keep the model at any w."""
+    w = _cross_modal()
+    pred = w["x"].abs() + 0.1  # (N, T) normalised: flows > 0, as the blend sees them
+    trees = denormalise(w["x"], LOG).clamp_min(0) * 1.3 + 0.1  # (N, T) physical units, flows ≥ 0
+    days = in_windows_without_visible(w["hidden"], w["valid"])
+    assert days[:30].equal(w["hidden"][:30]) and not days[30:].any()
+    assert torch.equal(blend_series(pred, trees, w["hidden"], w["valid"], 0.0, LOG), pred)
+    full = blend_series(pred, trees, w["hidden"], w["valid"], 1.0, LOG)
+    assert torch.allclose(denormalise(full[:30], LOG), trees[:30], rtol=1e-5)
+    assert torch.equal(full[30:], pred[30:])
+    half = blend_series(pred, trees, w["hidden"], w["valid"], torch.full((40, 1), 0.25), LOG)
+    want = 0.75 * denormalise(pred[:30], LOG) + 0.25 * trees[:30]
+    assert torch.allclose(denormalise(half[:30], LOG), want, rtol=1e-5)
+    per_window = torch.where(torch.arange(40)[:, None] < 15, 0.0, 1.0)  # (N, 1)
+    mixed = blend_series(pred, trees, w["hidden"], w["valid"], per_window, LOG)
+    assert torch.equal(mixed[:15], pred[:15]) and torch.allclose(mixed[15:30], full[15:30])
+
+
+def test_fit_blend_is_the_grid_weight_with_the_best_median_nse() -> None:
+    """Against a brute-force search with the evaluation's per-catchment NSE: a model and trees
+    with independent errors are best mixed in between; trees equal to the truth get w = 1, a
+    model equal to it w = 0; the windows with a visible day never count."""
+    w = _cross_modal()
+    g = torch.Generator().manual_seed(4)
+    obs = denormalise(w["x"], LOG)
+    pred = w["x"] + 0.3 * torch.randn(w["x"].shape, generator=g, dtype=torch.float64)
+    trees = obs + 0.4 * obs.std() * torch.randn(w["x"].shape, generator=g, dtype=torch.float64)
+    fit = (w["x"], w["valid"], w["hidden"], w["catchment"], LOG)
+    got = fit_blend(pred, trees, *fit)
+    scored = (in_windows_without_visible(w["hidden"], w["valid"]) & w["valid"]).numpy()
+
+    def score(v: float) -> float:
+        sim = ((1 - v) * denormalise(pred, LOG) + v * trees).numpy()
+        return float(np.nanmedian(per_group_scores(sim, obs.numpy(), scored,
+                                                   w["catchment"].numpy())["nse"]))
+
+    assert got == max(BLEND_GRID.tolist(), key=lambda v: (score(v), -v))
+    assert 0.0 < got < 1.0
+    assert fit_blend(pred, obs, *fit) == 1.0
+    assert fit_blend(w["x"], trees, *fit) == 0.0
+    ruined = trees.clone()
+    ruined[30:] = 1e6  # windows with a visible day: not scored
+    assert fit_blend(pred, ruined, *fit) == got
+    hidden = w["hidden"].clone()
+    hidden[:, 0] = False  # every window shows a day: nothing to fit, the model
+    assert fit_blend(pred, trees, w["x"], w["valid"] | ~hidden, hidden, w["catchment"], LOG) == 0.0
+
+
+def test_median_nse_is_the_evaluations_median_over_catchments() -> None:
+    w = _windows()
+    pred = w["x"] + 0.3 * torch.randn_like(w["x"])
+    scored = w["hidden"] & w["valid"]
+    sim, obs = denormalise(pred, LOG), denormalise(w["x"], LOG)
+    want = np.nanmedian(per_group_scores(sim.numpy(), obs.numpy(), scored.numpy(),
+                                         w["catchment"].numpy())["nse"])
+    days = w["catchment"][:, None].expand_as(scored)[scored]
+    assert median_nse(sim[scored], obs[scored], days) == pytest.approx(want, rel=1e-12)

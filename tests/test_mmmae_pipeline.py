@@ -339,6 +339,124 @@ def test_series_stretch_is_fitted_after_training_and_switched_at_evaluation(
         evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_stretch=riverflow"]))
 
 
+BLEND = ["model.evaluation.regression=[evaporation]", "model.calibration.cross_modal_blend=regression"]
+
+
+class _ConstantTrees:
+    """Stands in for the fitted regression baseline: flow 1 with the forcing masked, 2 with it
+    visible on every day (physical units)."""
+
+    def predict(self, batch: dict, visible: bool) -> torch.Tensor:
+        return torch.full(batch["time"].shape, 2.0 if visible else 1.0, dtype=torch.float64)
+
+
+def test_cross_modal_blend_weights_are_the_fit_on_each_parity_and_follow_the_forcing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With `cross_modal_blend=regression` the calibration's blend weights are `fit_blend` on
+    the collected cross-modal windows, per forcing state, on all and on each parity of
+    catchments. A window with no visible riverflow day then gets the weight of its forcing's
+    state (its forcing series hidden anywhere: masked), on validation the other parity's; a
+    window with a visible riverflow day keeps the model."""
+    from maelab.models.mmmae.calibration import fit_blend
+    from maelab.scoring.hydro_metrics import denormalise
+
+    cfg = compose_cfg("train", [*SMALL, *BLEND, "model.calibration.series_shrink=none"])
+    module = build_module(cfg, build_datamodule(cfg))
+    stats = module.info.stats["riverflow"]
+    gen = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(2):
+        x = torch.randn(8, 15, generator=gen)  # (B, T) normalised riverflow
+        noise = torch.randn(2, 8, 15, generator=gen, dtype=torch.float64)
+        # the model good on the even catchments, the trees on the odd ones
+        scale = torch.where(torch.arange(8) % 2 == 0, 0.2, 1.0)[:, None]
+        items.append({"blend": {
+            "pred": x + scale * torch.randn(2, 8, 15, generator=gen),  # masked, visible
+            "trees": denormalise(x, stats) * (1 + 0.3 * (1.2 - scale) * noise),
+            "x": x, "valid": torch.rand(8, 15, generator=gen) > 0.1,
+            "hidden": torch.ones(8, 15, dtype=torch.bool), "catchment": torch.arange(8) % 4}})
+    module._cal_collected = items
+    with caplog.at_level("INFO", logger="maelab.models.mmmae.module"):
+        module._fit_calibration()
+    assert "cross-modal blend with the trees forcing_masked" in caplog.text
+    cat = {k: torch.cat([b["blend"][k] for b in items], dim=1 if k in ("pred", "trees") else 0)
+           for k in items[0]["blend"]}
+    for weights, parity in ((module.cal_cross_modal_blend, None), (module._cal_fold_blend[0], 0),
+                            (module._cal_fold_blend[1], 1)):
+        rows = slice(None) if parity is None else cat["catchment"] % 2 == parity
+        for state in (0, 1):
+            want = fit_blend(cat["pred"][state][rows], cat["trees"][state][rows], cat["x"][rows],
+                             cat["valid"][rows], cat["hidden"][rows], cat["catchment"][rows], stats)
+            assert float(weights[state]) == want, (parity, state)
+    assert (module._cal_fold_blend[0] < module._cal_fold_blend[1]).all()  # odd: the trees win
+    assert module.calibrated
+
+    module._trees = _ConstantTrees()
+    module.cal_cross_modal_blend.copy_(torch.tensor([0.25, 1.0]))  # forcing masked, visible
+    module._cal_fold_blend = torch.tensor([[0.0, 0.5], [1.0, 0.0]], dtype=torch.float64)
+    hidden = torch.ones(3, 15, dtype=torch.bool)
+    hidden[2, 4] = False  # window 2 shows a riverflow day
+    forcing_mask = torch.zeros(3, 15, dtype=torch.bool)
+    forcing_mask[0, ::2] = True  # window 0: forcing masked; windows 1, 2: forcing visible
+    ones = torch.ones(3, 15, dtype=torch.bool)
+    batch = {"series": {"riverflow": torch.zeros(3, 15), "evaporation": torch.zeros(3, 15)},
+             "series_valid": {"riverflow": ones, "evaporation": ones},
+             "series_mask": {"riverflow": hidden, "evaporation": forcing_mask},
+             "catchment": torch.tensor([0, 1, 0]), "time": torch.arange(15).repeat(3, 1)}
+    model = normalise(torch.full((3, 15), 3.0), stats)  # flow 3 everywhere
+
+    def flows(split: str) -> torch.Tensor:
+        module.test_split = split
+        out = module._calibrated_series(batch, {"series": {"riverflow": model}})
+        return denormalise(out["series"]["riverflow"], stats)
+
+    test = flows("test")
+    assert torch.allclose(test[0], torch.full((15,), 0.75 * 3 + 0.25 * 1, dtype=torch.float64), rtol=1e-5)
+    assert torch.allclose(test[1], torch.full((15,), 2.0, dtype=torch.float64), rtol=1e-5)
+    val = flows("val")  # catchment 0 (even) gets the odd fit, catchment 1 the even one
+    assert torch.allclose(val[0], torch.full((15,), 1.0, dtype=torch.float64), rtol=1e-5)
+    assert torch.allclose(val[1], torch.full((15,), 0.5 * 3 + 0.5 * 2, dtype=torch.float64), rtol=1e-5)
+    for out in (test, val):
+        assert torch.equal(out[2], denormalise(model[2], stats))
+
+
+def test_evaluate_blends_the_cross_modal_series_with_the_trees(trained: tuple[dict, Path]) -> None:
+    """`calibration.cross_modal_blend=regression` at evaluation fits the two weights and moves
+    only the cross-modal rows of the model, each to the blend of the model's and the trees'
+    flows (its RMSE at most the blend of theirs; equal to one of them at w = 0 or 1); the
+    infilling rows and the baselines stay; the checkpoint is untouched; split=val records the
+    weights of each parity. Without the trees the option is refused by name."""
+    metrics, out = trained
+    ckpt = metrics["checkpoint"]
+    before = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    base = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "regression=[evaporation]"]))["test"]
+    got = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "regression=[evaporation]",
+                                            "calibration.cross_modal_blend=regression"]))
+    assert (out / "eval-calibration.cross_modal_blend=regression,regression=evaporation"
+            / "metrics.json").is_file()
+    assert got["settings"]["cross_modal_blend"] == "regression"
+    weights = got["settings"]["cross_modal_blend_weights"]["fitted"]
+    rows = got["test"]
+    for row in ("riverflow / mmmae", "riverflow (alone, 7-day gap) / mmmae",
+                "riverflow (all days hidden) / regression", "riverflow (all days hidden) / climatology"):
+        assert rows[row]["rmse"] == pytest.approx(base[row]["rmse"], rel=1e-9), row
+    for test, state in (("riverflow (all days hidden)", "forcing_masked"),
+                        ("riverflow (alone, all days hidden)", "forcing_visible")):
+        w, mine = weights[state], rows[f"{test} / mmmae"]["rmse"]
+        model, trees = base[f"{test} / mmmae"]["rmse"], base[f"{test} / regression"]["rmse"]
+        assert 0.0 <= w <= 1.0
+        assert mine <= (1 - w) * model + w * trees + 1e-5 * model  # RMSE is a norm: convex
+        if w in (0.0, 1.0):
+            assert mine == pytest.approx(model if w == 0.0 else trees, rel=1e-5)
+    after = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("cal_"))
+    val = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=val", "regression=[evaporation]",
+                                            "calibration.cross_modal_blend=regression"]))
+    assert set(val["settings"]["cross_modal_blend_weights"]) == {"fitted_on_even", "fitted_on_odd"}
+    with pytest.raises(ConfigError, match="model.calibration.cross_modal_blend"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.cross_modal_blend=regression"]))
+
+
 def test_series_shrink_none_keeps_the_model() -> None:
     cfg = compose_cfg("train", [*SMALL, "model.calibration.series_shrink=none"])
     dm = build_datamodule(cfg)
@@ -439,6 +557,9 @@ def test_only_the_tests_that_ran_are_recorded(tmp_path: Path, cache: str) -> Non
     (["model.net.decoder_depth=0"], "model.net.decoder_depth"),
     (["model.loss.weights.riverflow=-1"], "model.loss.weights.riverflow"),
     (["model.calibration.series_shrink=off"], "model.calibration.series_shrink"),
+    (["model.calibration.cross_modal_blend=trees"], "model.calibration.cross_modal_blend"),
+    # the blend needs the regression baseline's trees (model.evaluation.regression)
+    (["model.calibration.cross_modal_blend=regression"], "model.calibration.cross_modal_blend"),
 ])
 def test_bad_configs_fail_early(overrides: list[str], key: str) -> None:
     experiment = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=hydro"]

@@ -23,6 +23,16 @@ nearest visible valid day (`DISTANCE_BINS`). s_b ∈ [0, 1] is chosen on a grid 
 Σ_c SSE_c / SST_c over the validation windows' hidden valid days in physical units (1 − the mean
 NSE over catchments c; SST_c over all of c's hidden days, so the bins are fitted one by one).
 s_b = 1 keeps the model, 0 gives interpolation. Windows with no visible valid day are unchanged.
+
+Blend (`cross_modal_blend: regression`, the cross_modal series only): on the hidden days of a
+window with no visible valid day of the series (the cross-modal tests), the value becomes
+
+    (1 − w) · model + w · trees                           (physical units)
+
+with the `regression` baseline's trees (maelab.models.mmmae.regression) and w from `BLEND_GRID`,
+chosen to maximise the median NSE over catchments on such validation windows, one w for windows
+whose forcing keeps its masks and one for windows whose forcing is visible on every day. In
+physical units because NSE is scored there and the trees are fitted there. w = 0 keeps the model.
 """
 
 from __future__ import annotations
@@ -33,13 +43,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from maelab.models.mmmae.priors import nearest_days
-from maelab.scoring.hydro_metrics import denormalise, interpolate_days, kge
+from maelab.models.mmmae.priors import nearest_days, normalise
+from maelab.scoring.hydro_metrics import denormalise, interpolate_days, kge, nse
 
 DISTANCE_BINS = (1, 2, 3, 5)  # lower edges in days: 1, 2, 3–4, ≥ 5
 DISTANCE_LABELS = ("1", "2", "3-4", ">=5")  # the bins as metrics.json names them
 SHRINK_GRID = torch.linspace(0, 1, 21, dtype=torch.float64)
 STRETCH_GRID = torch.arange(10, 51, dtype=torch.float64) / 20  # 0.50, 0.55, …, 2.50 (1 exact)
+BLEND_GRID = SHRINK_GRID  # w: 0, 0.05, …, 1
 
 
 def days_to_visible(known: torch.Tensor) -> torch.Tensor:
@@ -122,12 +133,22 @@ def stretch_series(pred: torch.Tensor, clim: torch.Tensor, hidden: torch.Tensor,
     return torch.where(stretched, torch.lerp(clim, pred, k), pred)
 
 
+def _median_score(score: Any, sim: torch.Tensor, obs: torch.Tensor,
+                  catchment: torch.Tensor) -> float:
+    sim, obs, catchment = sim.numpy(), obs.numpy(), catchment.numpy()
+    scores = [score(sim[catchment == c], obs[catchment == c]) for c in np.unique(catchment)]
+    return float(np.nanmedian(scores)) if np.isfinite(scores).any() else float("nan")
+
+
 def median_kge(sim: torch.Tensor, obs: torch.Tensor, catchment: torch.Tensor) -> float:
     """sim, obs (n,) physical units of the scored days, catchment (n,) → the median KGE over
     catchments (those with an undefined KGE left out; NaN if none)."""
-    sim, obs, catchment = sim.numpy(), obs.numpy(), catchment.numpy()
-    scores = [kge(sim[catchment == c], obs[catchment == c]) for c in np.unique(catchment)]
-    return float(np.nanmedian(scores)) if np.isfinite(scores).any() else float("nan")
+    return _median_score(kge, sim, obs, catchment)
+
+
+def median_nse(sim: torch.Tensor, obs: torch.Tensor, catchment: torch.Tensor) -> float:
+    """The same with the NSE."""
+    return _median_score(nse, sim, obs, catchment)
 
 
 def fit_stretch(pred: torch.Tensor, clim: torch.Tensor, x: torch.Tensor, valid: torch.Tensor,
@@ -154,3 +175,40 @@ def fit_stretch(pred: torch.Tensor, clim: torch.Tensor, x: torch.Tensor, valid: 
     scores = {k: v[0] for k, v in fitted.items() if np.isfinite(v[0])}
     k = max(scores, key=lambda k: (scores[k], -k)) if scores else 1.0
     return k, fitted[k][1]
+
+
+def in_windows_without_visible(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """hidden, valid (B, T) bool → (B, T) the hidden days of windows with no visible valid day."""
+    return hidden & ~(valid & ~hidden).any(1, keepdim=True)
+
+
+def blend_series(pred: torch.Tensor, other: torch.Tensor, hidden: torch.Tensor,
+                 valid: torch.Tensor, w: float | torch.Tensor, stats: Mapping[str, Any]
+                 ) -> torch.Tensor:
+    """pred (B, T) normalised, other (B, T) physical units (the trees), hidden / valid (B, T)
+    bool, w a float or (B, 1) → (B, T) normalised: the hidden days of windows with no visible
+    valid day blended, (1 − w) · pred + w · other in physical units; every other day, and every
+    day where w = 0, unchanged."""
+    w = torch.as_tensor(w, dtype=torch.float64, device=pred.device)
+    mixed = normalise(torch.lerp(denormalise(pred, stats).double(), other.to(pred.device).double(),
+                                 w), stats)
+    blended = in_windows_without_visible(hidden, valid) & (w > 0)
+    return torch.where(blended, mixed.to(pred.dtype), pred)
+
+
+def fit_blend(pred: torch.Tensor, other: torch.Tensor, x: torch.Tensor, valid: torch.Tensor,
+              hidden: torch.Tensor, catchment: torch.Tensor, stats: Mapping[str, Any]) -> float:
+    """The `BLEND_GRID` w with the highest median NSE over catchments (module docstring; ties:
+    the smaller w) on the hidden valid days of the windows with no visible valid day.
+
+    pred, x (N, T) normalised validation windows, other (N, T) physical units, valid / hidden
+    (N, T) bool, catchment (N,). No NSE defined for any w (no such day): 0, the model."""
+    scored = in_windows_without_visible(hidden, valid) & valid
+    if not bool(scored.any()):
+        return 0.0
+    true = denormalise(x[scored], stats)
+    days = catchment[:, None].expand_as(x)[scored]
+    model, trees = denormalise(pred[scored], stats).double(), other[scored].double()
+    scores = {w: median_nse(torch.lerp(model, trees, w), true, days) for w in BLEND_GRID.tolist()}
+    scores = {w: s for w, s in scores.items() if np.isfinite(s)}
+    return max(scores, key=lambda w: (scores[w], -w)) if scores else 0.0

@@ -24,6 +24,9 @@ HIDE_SERIES_OTHERS = ("masked", "visible", "mixed")  # the other series when one
 SERIES_SHRINK = ("by_distance", "none")  # calibration.series_shrink values
 STRETCH_SIDES = ("both", "above")  # calibration.series_stretch_side values
 STRETCH_WINDOWS = ("all", "with_visible")  # calibration.series_stretch_windows values
+CROSS_MODAL_BLENDS = ("none", "regression")  # calibration.cross_modal_blend values
+BLEND_NEEDS = ("none, or regression with model.evaluation.cross_modal (the series blended) and "
+               "model.evaluation.regression (the forcing series of the trees it is blended with)")
 # the baseline priors the factorised decoder starts from (maelab.models.mmmae.priors)
 GRID_PRIORS = ("neighbour_mean", "interpolation", "climatology")
 SERIES_PRIORS = ("interpolation", "climatology", "regression")
@@ -158,9 +161,13 @@ class CalibrationConfig:
     # above the climatology (peaks widened, recessions kept)
     series_stretch_windows: str = "all"  # all | with_visible: windows with no visible valid day
     # of the series (the cross-modal tests) keep the model's values, as with the shrinkage
+    cross_modal_blend: str = "none"  # none | regression: in windows with no visible day of the
+    # cross_modal series, blended with the `regression` baseline's trees by weights fitted on
+    # validation
 
     def __post_init__(self) -> None:
         one_of("series_shrink", self.series_shrink, SERIES_SHRINK)
+        one_of("cross_modal_blend", self.cross_modal_blend, CROSS_MODAL_BLENDS)
         one_of("series_stretch_side", self.series_stretch_side, STRETCH_SIDES)
         one_of("series_stretch_windows", self.series_stretch_windows, STRETCH_WINDOWS)
         if isinstance(self.series_stretch, str):  # `series_stretch=riverflow`: not a list
@@ -213,6 +220,9 @@ class MMMAEConfig(ModelConfig):
             raise ConfigError("net.series_priors", self.net.series_priors,
                               "no `regression` without model.evaluation.cross_modal (the "
                               "series it predicts) and model.net.forcing_series (its inputs)")
+        if self.calibration.cross_modal_blend == "regression" and (
+                self.evaluation.cross_modal is None or not self.evaluation.regression):
+            raise ConfigError("calibration.cross_modal_blend", "regression", BLEND_NEEDS)
 
     @property
     def unused_parameters(self) -> bool:

@@ -17,13 +17,21 @@ from maelab.masking.noise import KeyedNoise
 from maelab.models.mmmae.calibration import (
     DISTANCE_BINS,
     DISTANCE_LABELS,
+    blend_series,
+    fit_blend,
     fit_shrinkage,
     fit_stretch,
+    in_windows_without_visible,
     shrink_series,
     stretch_series,
 )
-from maelab.models.mmmae.config import CalibrationConfig, MaskingConfig
-from maelab.models.mmmae.evaluation import TestEvaluation, catchment_std, climatologies
+from maelab.models.mmmae.config import BLEND_NEEDS, CalibrationConfig, MaskingConfig
+from maelab.models.mmmae.evaluation import (
+    TestEvaluation,
+    catchment_std,
+    climatologies,
+    infilling_batches,
+)
 from maelab.models.mmmae.factorised import FactorisedMMMAE, expand_grids
 from maelab.models.mmmae.loss import mmmae_loss, nse_star, selected_mse
 from maelab.models.mmmae.masking import MaskedHydroBatch, decode_subset, with_masks
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 _HIDE_SERIES_STREAM = -2  # keys the whole-series hiding noise apart from the masks' streams
 _HIDE_OTHERS_STREAM = -4  # keys `hide_series_others=mixed`'s coin (apart from the streams above and below)
 _DECODE_STREAM = -3  # keys the training subset of decoded grid tokens
+_BLEND_STATES = ("forcing_masked", "forcing_visible")  # the blend's weights, in this order
+_UNFITTED = object()  # the regression baseline's trees before they are fitted (None: none)
 
 
 class MMMAEModule(MaeModule):
@@ -56,6 +66,9 @@ class MMMAEModule(MaeModule):
     `evaluate.py split=val` scores the windows the weights are fitted on, so there each window
     gets the weights (and factor) fitted on the catchments of the other parity (cross-fitted by
     catchment).
+    `calibration.cross_modal_blend: regression` blends the cross_modal series in windows with no
+    visible day of it with the `regression` baseline's trees, by weights fitted in the same pass
+    on those windows (`cal_cross_modal_blend`: forcing masked, forcing visible).
     The `regression` series prior (`net.series_priors`): trees fitted at setup on training
     windows (maelab.models.mmmae.regression.RegressionPrior) predict the cross_modal series from
     the forcing each forward pass's masks leave visible; not saved, refitted from the seed.
@@ -106,10 +119,14 @@ class MMMAEModule(MaeModule):
                               "no `regression` without model.evaluation.cross_modal (the series "
                               "it predicts) and model.net.forcing_series (its inputs)")
         self._prior_target = target if uses_prior else None  # the series the trees predict
+        if cal.cross_modal_blend == "regression" and (target is None
+                                                      or not evaluation.get("regression")):
+            raise ConfigError("model.calibration.cross_modal_blend", "regression", BLEND_NEEDS)
         # the config's defaults and choices (checked again here for modules built directly)
         self.series_shrink, self.series_stretch = cal.series_shrink, cal.series_stretch
         self.series_stretch_side = cal.series_stretch_side
         self.series_stretch_windows = cal.series_stretch_windows
+        self.cross_modal_blend = cal.cross_modal_blend
         self.net = self._build_net(dict(net))
         # (S, bins) shrinkage weights per series (NaN: not calibrated)
         self.register_buffer("cal_series_shrink", torch.full(
@@ -117,11 +134,17 @@ class MMMAEModule(MaeModule):
         # (S,) stretch factor per series (1: not listed in series_stretch; NaN: not calibrated)
         self.register_buffer("cal_series_stretch", torch.full(
             (len(self.info.series_names),), float("nan"), dtype=torch.float64))
+        # (2,) blend weights of the cross_modal series: forcing masked, forcing visible (NaN: not
+        # calibrated; not used unless cross_modal_blend is on)
+        self.register_buffer("cal_cross_modal_blend", torch.full(
+            (len(_BLEND_STATES),), float("nan"), dtype=torch.float64))
         self._cal_collected: list[dict[str, dict[str, torch.Tensor]]] = []
-        # (2, S, bins) and (2, S): weights and factors fitted on the even / odd catchments
-        # (split=val, not saved)
+        # (2, S, bins), (2, S) and (2, 2): weights, factors and blend weights fitted on the even /
+        # odd catchments (split=val, not saved)
         self._cal_fold_shrink: torch.Tensor | None = None
         self._cal_fold_stretch: torch.Tensor | None = None
+        self._cal_fold_blend: torch.Tensor | None = None
+        self._trees: Any = _UNFITTED  # the regression baseline (`_regression_baseline`)
         self._cal_one_parity: list[str] = []  # series with no window in one of the two folds
         self._evaluation: TestEvaluation | None = None
         self._results: dict[str, Any] = {}
@@ -360,7 +383,32 @@ class MMMAEModule(MaeModule):
                        "hidden": batch["series_mask"][s].cpu(), "catchment": batch["catchment"].cpu()}
             if s in self.series_stretch:
                 keep[s]["clim"] = self._series_climatology(batch, s).cpu()
+        if self._blends and self._trees is not None:
+            keep["blend"] = self._blend_windows(batch)
         self._cal_collected.append(keep)
+
+    @property
+    def _blends(self) -> bool:
+        return self.cross_modal_blend != "none"
+
+    def _blend_windows(self, batch: MaskedHydroBatch) -> dict[str, torch.Tensor]:
+        """The validation batch's cross-modal reconstructions of the cross_modal series (every
+        day hidden), stretched if it is, with the forcing masked and with it visible on every day
+        (the two cross-modal tests), beside the trees' predictions of each: stacked (2, B, T) in
+        `_BLEND_STATES` order."""
+        s = self.hparams.evaluation["cross_modal"]
+        alone = infilling_batches(batch, s, [], self.hparams.seed)["alone"]
+        hidden = torch.ones_like(batch["series_mask"][s])
+        preds = [self._all_hidden(batch, s), self._predict_series(alone)["series"][s]]
+        out = {"pred": torch.stack([p.float().cpu() for p in preds]),
+               "trees": torch.stack([self._trees.predict(batch, visible=False),
+                                     self._trees.predict(alone, visible=True)]),
+               "x": batch["series"][s].float().cpu(),
+               "valid": (batch["series_valid"][s] & batch["present"][s][:, None]).cpu(),
+               "hidden": hidden.cpu(), "catchment": batch["catchment"].cpu()}
+        if s in self.series_stretch:
+            out["clim"] = self._series_climatology(batch, s).cpu()
+        return out
 
     def _fit_calibration(self) -> None:
         """`cal_series_shrink` and `cal_series_stretch` from the collected validation windows
@@ -394,17 +442,53 @@ class MMMAEModule(MaeModule):
             if shrink:
                 parts.append("shrink weights " + ", ".join(f"{w:g}" for w in weights[0, i].tolist()))
             fitted.append(f"{s}: {'; '.join(parts)}")
+        blend = self._fit_blend(factors)
         self.cal_series_shrink.copy_(weights[0])
         self.cal_series_stretch.copy_(factors[0])
+        self.cal_cross_modal_blend.copy_(blend[0])
         self._cal_fold_shrink, self._cal_fold_stretch = weights[1:], factors[1:]
+        self._cal_fold_blend = blend[1:]
         self._cal_one_parity = one_parity
+        if self._blends:
+            fitted.append("cross-modal blend with the trees " + ", ".join(
+                f"{state} {float(w):g}" for state, w in zip(_BLEND_STATES, blend[0], strict=True)))
         log.info("calibrated on validation (shrink weights by days to the nearest visible day: "
                  "%s): %s", ", ".join(DISTANCE_LABELS), " | ".join(fitted) or "no series window")
 
+    def _fit_blend(self, factors: torch.Tensor) -> torch.Tensor:
+        """(3, 2) blend weights (all, even, odd catchments × `_BLEND_STATES`) fitted on the
+        collected cross-modal windows, stretched by `factors` (3, S) of the same fold; 0 (the
+        model) where there is nothing to fit."""
+        blend = torch.zeros(3, len(_BLEND_STATES), dtype=torch.float64)
+        items = [c["blend"] for c in self._cal_collected if "blend" in c]
+        if not items:
+            return blend
+        s = self.hparams.evaluation["cross_modal"]
+        i, stats = self.info.series_names.index(s), self.info.stats[s]
+        cat = {k: torch.cat([it[k] for it in items], dim=1 if k in ("pred", "trees") else 0)
+               for k in items[0]}
+        parity = cat["catchment"] % 2
+        for j, rows in enumerate((slice(None), parity == 0, parity == 1)):
+            x, valid, hidden = torch.nan_to_num(cat["x"][rows]), cat["valid"][rows], cat["hidden"][rows]
+            for state in range(len(_BLEND_STATES)):
+                pred = cat["pred"][state][rows]
+                if s in self.series_stretch:
+                    pred = self._stretched(pred, cat["clim"][rows], hidden, valid,
+                                           float(factors[j, i]))
+                blend[j, state] = fit_blend(pred, cat["trees"][state][rows], x, valid, hidden,
+                                            cat["catchment"][rows], stats)
+        return blend
+
+    def _stretched(self, pred: torch.Tensor, clim: torch.Tensor, hidden: torch.Tensor,
+                   valid: torch.Tensor, k: float | torch.Tensor) -> torch.Tensor:
+        """`stretch_series` with this module's side and windows settings."""
+        return stretch_series(pred, clim, hidden, k, self.series_stretch_side == "above",
+                              valid if self.series_stretch_windows == "with_visible" else None)
+
     @property
     def _calibrates(self) -> bool:
-        """Anything to fit on validation: the shrinkage or a stretch."""
-        return self.series_shrink != "none" or bool(self.series_stretch)
+        """Anything to fit on validation: the shrinkage, a stretch or the cross-modal blend."""
+        return self.series_shrink != "none" or bool(self.series_stretch) or self._blends
 
     def needs_calibration(self, split: str) -> bool:
         """Also before `split=val`: its windows are scored with the weights of the other fold."""
@@ -430,16 +514,40 @@ class MMMAEModule(MaeModule):
             if s in self.series_stretch:
                 k = (float(self.cal_series_stretch[i]) if other is None else
                      self._cal_fold_stretch[other, i].to(pred.device, pred.dtype)[:, None])  # (B, 1)
-                pred = stretch_series(pred, self._series_climatology(batch, s), hidden, k,
-                                      self.series_stretch_side == "above",
-                                      valid if self.series_stretch_windows == "with_visible"
-                                      else None)
+                pred = self._stretched(pred, self._series_climatology(batch, s), hidden, valid, k)
             if self.series_shrink != "none":
                 weights = (self.cal_series_shrink[i] if other is None  # (bins,)
                            else self._cal_fold_shrink[other, i])  # (B, bins)
                 pred = shrink_series(pred, x, valid, hidden, weights)
+            if self._blends and s == self.hparams.evaluation["cross_modal"]:
+                pred = self._blended(batch, pred, other)
             series[s] = pred
         return {**out, "series": series}
+
+    def _blended(self, batch: MaskedHydroBatch, pred: torch.Tensor,
+                 other: torch.Tensor | None) -> torch.Tensor:
+        """`pred` (B, T) of the cross_modal series blended with the trees in windows with no
+        visible valid day of it: by the weight of the window's forcing state (masked, or visible
+        on every day), on validation windows the weight fitted on the other fold."""
+        s = self.hparams.evaluation["cross_modal"]
+        valid, hidden = batch["series_valid"][s], batch["series_mask"][s]
+        windows = in_windows_without_visible(hidden, valid).any(1)  # (B,)
+        if self._trees is _UNFITTED:
+            raise RuntimeError("the cross-modal blend needs the regression baseline's trees: "
+                               "calibrate or test first (on_test_epoch_start fits them)")
+        if self._trees is None or not bool(windows.any()):
+            return pred
+        forcing = self.hparams.evaluation["regression"]
+        shown = ~torch.stack([batch["series_mask"][f].any(1) for f in forcing]).any(0)  # (B,)
+        states = [v for v in (False, True) if bool((windows & (shown == v)).any())]
+        trees = {v: self._trees.predict(batch, visible=v).to(pred.device) for v in states}
+        on = shown.to(pred.device)
+        trees = trees[states[0]] if len(states) == 1 else torch.where(on[:, None], trees[True],
+                                                                      trees[False])  # (B, T)
+        weights = (self.cal_cross_modal_blend[None] if other is None  # (1, 2) or (B, 2)
+                   else self._cal_fold_blend[other]).to(pred.device)
+        w = weights.expand(len(on), -1).gather(1, on.long()[:, None])  # (B, 1)
+        return blend_series(pred, trees, hidden, valid, w, self.info.stats[s])
 
     # ---- test: reconstructions, baselines, metrics ----------------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -458,11 +566,17 @@ class MMMAEModule(MaeModule):
                                           self._climatology, seed=self.hparams.seed,
                                           catchment_ids=getattr(dm, "catchment_ids", None),
                                           catchment_names=getattr(dm, "catchment_names", None),
-                                          regression=self._fit_regression(dm))
+                                          regression=self._regression_baseline(dm))
+
+    def _regression_baseline(self, dm: L.LightningDataModule) -> ForcingRegression | None:
+        """The regression baseline of `evaluation.regression` (None when off), fitted once on
+        `evaluation.regression_windows` training windows with their training masks (for the
+        cross-modal blend's calibration, then the test)."""
+        if self._trees is _UNFITTED:
+            self._trees = self._fit_regression(dm)
+        return self._trees
 
     def _fit_regression(self, dm: L.LightningDataModule) -> ForcingRegression | None:
-        """The regression baseline of `evaluation.regression` (None when off), fitted on
-        `evaluation.regression_windows` training windows with their training masks."""
         ev = self.hparams.evaluation
         forcing, target = list(ev.get("regression") or []), ev.get("cross_modal")
         if not forcing or target not in self.info.series_names:
@@ -470,7 +584,8 @@ class MMMAEModule(MaeModule):
         model = self._regression_trees(dm, ForcingRegression, forcing)
         if not model.trees:
             rank_zero_warn(f"model.evaluation.regression: the drawn training windows hold no "
-                           f"valid {target} day, so the regression baseline is left out")
+                           f"valid {target} day, so the regression baseline is left out"
+                           + (" and the cross-modal blend keeps the model" if self._blends else ""))
             return None
         return model
 
@@ -516,7 +631,8 @@ class MMMAEModule(MaeModule):
                     "series_shrink_weights": None,
                     "series_stretch": list(self.series_stretch),
                     "series_stretch_side": self.series_stretch_side,
-                    "series_stretch_windows": self.series_stretch_windows}
+                    "series_stretch_windows": self.series_stretch_windows,
+                    "cross_modal_blend": self.cross_modal_blend}
         tested = [s for s in self.info.series_names if s in self._evaluation.series]
 
         def listed(weights: torch.Tensor) -> dict[str, Any]:  # (S, bins) → the tested series'
@@ -541,22 +657,34 @@ class MMMAEModule(MaeModule):
             settings["series_stretch_factors"] = {
                 fold: {s: round(float(k[self.info.series_names.index(s)]), 4) for s in stretched}
                 for fold, k in folds.items()}
+        if self._blends and self.hparams.evaluation["cross_modal"] in tested:
+            folds = ({"fitted_on_even": self._cal_fold_blend[0],
+                      "fitted_on_odd": self._cal_fold_blend[1]}
+                     if self.test_split == "val" else {"fitted": self.cal_cross_modal_blend})
+            settings["cross_modal_blend_weights"] = {
+                fold: dict(zip(_BLEND_STATES, (round(float(v), 4) for v in w), strict=True))
+                for fold, w in folds.items()}
         self._results = self._evaluation.results(settings)
         self._evaluation = None
 
     # ---- pipeline interface (maelab.lit.base) -------------------------------------------------
     @property
     def calibrated(self) -> bool:
-        """Ready to test: nothing to fit, or the shrinkage weights and stretch factors fitted."""
+        """Ready to test: nothing to fit, or the shrinkage weights, stretch factors and blend
+        weights fitted."""
         shrunk = self.series_shrink == "none" or bool(self.cal_series_shrink.isfinite().all())
         stretched = not self.series_stretch or bool(self.cal_series_stretch.isfinite().all())
-        return shrunk and stretched
+        blended = not self._blends or bool(self.cal_cross_modal_blend.isfinite().all())
+        return shrunk and stretched and blended
 
     def calibrate(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> None:
-        """One pass over the validation windows (their fixed masks) that fits `cal_series_shrink`
-        and `cal_series_stretch`."""
+        """One pass over the validation windows (their fixed masks) that fits `cal_series_shrink`,
+        `cal_series_stretch` and `cal_cross_modal_blend` (the trees fitted first)."""
         if not self._calibrates:
             return
+        if self._blends:
+            self.use_data(datamodule)  # the climatology the trees read
+            self._regression_baseline(datamodule)
         self._cal_collected = []
         try:
             self.calibration_pass(trainer, datamodule)
@@ -570,7 +698,7 @@ class MMMAEModule(MaeModule):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """A checkpoint from before the calibration buffer loads it unfitted (NaN): it is
         calibrated on validation when tested."""
-        for name in ("cal_series_shrink", "cal_series_stretch"):
+        for name in ("cal_series_shrink", "cal_series_stretch", "cal_cross_modal_blend"):
             state_dict.setdefault(prefix + name, torch.full_like(getattr(self, name), float("nan")))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
