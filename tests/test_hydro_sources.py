@@ -354,12 +354,19 @@ def test_split_warnings_and_real_steps(files: dict[str, Path], tmp_path: Path,
     text = caplog.text
     assert "hydro val (2001-03-01 … 2001-03-31): 6 windows of 20 days over 3 catchments" in text
     assert "hydro val: only 6 windows" in text and "hydro train: only" not in text
-    assert "hydro test: consecutive windows overlap on 10 of 20 days" not in text  # half: fine
+    assert "hydro test: a day lies in" not in text  # stride 10 of 20 days: 2 windows, fine
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="maelab.data.hydro.datamodule"):
         HydroDataModule(**_multi(files["grid"], files["camels"], tmp_path / "c",
                                  eval_stride=3)).setup()
-    assert "hydro test: consecutive windows overlap on 17 of 20 days" in caplog.text
+    assert ("hydro test: a day lies in up to 7 consecutive windows of a catchment "
+            "(data.eval_stride=3, data.seq_len=20)" in caplog.text)
+    assert "raise data.eval_stride to at least 7" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="maelab.data.hydro.datamodule"):
+        HydroDataModule(**_multi(files["grid"], files["camels"], tmp_path / "c",
+                                 eval_stride=7)).setup()
+    assert "a day lies in" not in caplog.text  # 3 windows: the default's cover (30 of 90 days)
     caplog.clear()
     trainer = L.Trainer(max_epochs=3, limit_train_batches=100, logger=False,
                         enable_progress_bar=False, enable_model_summary=False)
