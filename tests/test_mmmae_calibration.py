@@ -3,6 +3,8 @@ stretch about the climatology and the cross-modal blend with the trees, pure fun
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -206,16 +208,17 @@ def test_stretch_with_visible_only_keeps_the_windows_with_no_visible_day() -> No
     assert fit_stretch(damped, clim, *fit, shrink=False)[0] == 2.0 != k
 
 
-def test_median_kge_is_the_evaluations_median_over_catchments() -> None:
+@pytest.mark.parametrize(("median", "score"), [(median_kge, "kge"), (median_nse, "nse")])
+def test_medians_are_the_evaluations_medians_over_catchments(median: Any, score: str) -> None:
     w = _windows()
     pred = w["x"] + 0.3 * torch.randn_like(w["x"])
     scored = w["hidden"] & w["valid"]
     sim, obs = denormalise(pred, LOG), denormalise(w["x"], LOG)
     want = np.nanmedian(per_group_scores(sim.numpy(), obs.numpy(), scored.numpy(),
-                                         w["catchment"].numpy())["kge"])
+                                         w["catchment"].numpy())[score])
     days = w["catchment"][:, None].expand_as(scored)[scored]
-    assert median_kge(sim[scored], obs[scored], days) == pytest.approx(want, rel=1e-12)
-    assert np.isnan(median_kge(sim[:0, 0], obs[:0, 0], days[:0]))
+    assert median(sim[scored], obs[scored], days) == pytest.approx(want, rel=1e-12)
+    assert np.isnan(median(sim[:0, 0], obs[:0, 0], days[:0]))
 
 
 @pytest.mark.parametrize("shrink", [False, True])
@@ -336,13 +339,3 @@ def test_fit_blend_is_the_grid_weight_with_the_best_median_nse() -> None:
     hidden[:, 0] = False  # every window shows a day: nothing to fit, the model
     assert fit_blend(pred, trees, w["x"], w["valid"] | ~hidden, hidden, w["catchment"], LOG) == 0.0
 
-
-def test_median_nse_is_the_evaluations_median_over_catchments() -> None:
-    w = _windows()
-    pred = w["x"] + 0.3 * torch.randn_like(w["x"])
-    scored = w["hidden"] & w["valid"]
-    sim, obs = denormalise(pred, LOG), denormalise(w["x"], LOG)
-    want = np.nanmedian(per_group_scores(sim.numpy(), obs.numpy(), scored.numpy(),
-                                         w["catchment"].numpy())["nse"])
-    days = w["catchment"][:, None].expand_as(scored)[scored]
-    assert median_nse(sim[scored], obs[scored], days) == pytest.approx(want, rel=1e-12)

@@ -37,7 +37,7 @@ physical units because NSE is scored there and the trees are fitted there. w = 0
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -133,8 +133,8 @@ def stretch_series(pred: torch.Tensor, clim: torch.Tensor, hidden: torch.Tensor,
     return torch.where(stretched, torch.lerp(clim, pred, k), pred)
 
 
-def _median_score(score: Any, sim: torch.Tensor, obs: torch.Tensor,
-                  catchment: torch.Tensor) -> float:
+def _median_score(score: Callable[[np.ndarray, np.ndarray], float], sim: torch.Tensor,
+                  obs: torch.Tensor, catchment: torch.Tensor) -> float:
     sim, obs, catchment = sim.numpy(), obs.numpy(), catchment.numpy()
     scores = [score(sim[catchment == c], obs[catchment == c]) for c in np.unique(catchment)]
     return float(np.nanmedian(scores)) if np.isfinite(scores).any() else float("nan")
