@@ -393,9 +393,10 @@ class MMMAEModule(MaeModule):
 
     def _blend_windows(self, batch: MaskedHydroBatch) -> dict[str, torch.Tensor]:
         """The validation batch's cross-modal reconstructions of the cross_modal series (every
-        day hidden), stretched if it is, with the forcing masked and with it visible on every day
-        (the two cross-modal tests), beside the trees' predictions of each: stacked (2, B, T) in
-        `_BLEND_STATES` order."""
+        day hidden) with the forcing masked and with it visible on every day (the two
+        cross-modal tests), beside the trees' predictions of each: stacked (2, B, T) in
+        `_BLEND_STATES` order; with the climatology when the series is stretched (`_fit_blend`
+        stretches them as the test will)."""
         s = self.hparams.evaluation["cross_modal"]
         alone = infilling_batches(batch, s, [], self.hparams.seed)["alone"]
         hidden = torch.ones_like(batch["series_mask"][s])
