@@ -542,13 +542,12 @@ class MMMAEModule(MaeModule):
         shown = ~torch.stack([batch["series_mask"][f].any(1) for f in forcing]).any(0)  # (B,)
         states = [v for v in (False, True) if bool((windows & (shown == v)).any())]
         trees = {v: self._trees.predict(batch, visible=v).to(pred.device) for v in states}
-        on = shown.to(pred.device)
-        trees = trees[states[0]] if len(states) == 1 else torch.where(on[:, None], trees[True],
-                                                                      trees[False])  # (B, T)
-        weights = (self.cal_cross_modal_blend[None] if other is None  # (1, 2) or (B, 2)
-                   else self._cal_fold_blend[other]).to(pred.device)
-        w = weights.expand(len(on), -1).gather(1, on.long()[:, None])  # (B, 1)
-        return blend_series(pred, trees, hidden, valid, w, self.info.stats[s])
+        trees = trees[states[0]] if len(states) == 1 else torch.where(
+            shown.to(pred.device)[:, None], trees[True], trees[False])  # (B, T)
+        state = shown.long().cpu()  # (B,) index into _BLEND_STATES
+        w = (self.cal_cross_modal_blend.cpu()[state] if other is None
+             else self._cal_fold_blend[other, state])  # (B,)
+        return blend_series(pred, trees, hidden, valid, w[:, None], self.info.stats[s])
 
     # ---- test: reconstructions, baselines, metrics ----------------------------------------------
     def on_test_epoch_start(self) -> None:
