@@ -144,13 +144,14 @@ def test_evaluate_switches_the_series_calibration(trained: tuple[dict, Path]) ->
 
 
 def test_evaluate_adds_the_regression_baseline(trained: tuple[dict, Path]) -> None:
-    """`regression=[evaporation]` at evaluation fits the trees on training windows and adds a
-    `regression` row to the cross-modal and infilling tests only, on the model's days; the
-    model's rows are unchanged. A series that is not a forcing is refused by name."""
+    """`regression=[evaporation,precipitation]` (a series and a grid) at evaluation fits the
+    trees on training windows and adds a `regression` row to the cross-modal and infilling tests
+    only, on the model's days; the model's rows are unchanged. A series that is not a forcing is
+    refused by name, with the grids and series to choose from."""
     metrics, out = trained
     ckpt = metrics["checkpoint"]
-    got = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "regression=[evaporation]"]))
-    assert (out / "eval-regression=evaporation" / "metrics.json").is_file()
+    got = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "regression=[evaporation,precipitation]"]))
+    assert (out / "eval-regression=evaporation,precipitation" / "metrics.json").is_file()
     rows = got["test"]
     for test in ("riverflow (all days hidden)", "riverflow (alone, all days hidden)",
                  "riverflow (alone, 7-day gap)"):
@@ -160,7 +161,7 @@ def test_evaluate_adds_the_regression_baseline(trained: tuple[dict, Path]) -> No
     for row in ("riverflow / mmmae", "riverflow (all days hidden) / mmmae"):
         assert rows[row]["rmse"] == pytest.approx(metrics["test"][row]["rmse"], rel=1e-6)
     assert "riverflow (all days hidden) / regression" not in metrics["test"]  # off by default
-    with pytest.raises(ConfigError, match="model.evaluation.regression"):
+    with pytest.raises(ConfigError, match=r"model.evaluation.regression.*grids \(precipitation"):
         evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "regression=[riverflow]"]))
 
 
@@ -339,7 +340,8 @@ def test_series_stretch_is_fitted_after_training_and_switched_at_evaluation(
         evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "calibration.series_stretch=riverflow"]))
 
 
-BLEND = ["model.evaluation.regression=[evaporation]", "model.calibration.cross_modal_blend=regression"]
+BLEND = ["model.evaluation.regression=[evaporation,precipitation]",  # a series and a grid
+         "model.calibration.cross_modal_blend=regression"]
 
 
 class _ConstantTrees:
@@ -355,7 +357,7 @@ def test_cross_modal_blend_weights_are_the_fit_on_each_parity_and_follow_the_for
     """With `cross_modal_blend=regression` the calibration's blend weights are `fit_blend` on
     the collected cross-modal windows, per forcing state, on all and on each parity of
     catchments. A window with no visible riverflow day then gets the weight of its forcing's
-    state (its forcing series hidden anywhere: masked), on validation the other parity's; a
+    state (a forcing series or grid hidden anywhere: masked), on validation the other parity's; a
     window with a visible riverflow day keeps the model."""
     from maelab.models.mmmae.calibration import fit_blend
     from maelab.scoring.hydro_metrics import denormalise
@@ -394,16 +396,19 @@ def test_cross_modal_blend_weights_are_the_fit_on_each_parity_and_follow_the_for
     module._trees = _ConstantTrees()
     module.cal_cross_modal_blend.copy_(torch.tensor([0.25, 1.0]))  # forcing masked, visible
     module._cal_fold_blend = torch.tensor([[0.0, 0.5], [1.0, 0.0]], dtype=torch.float64)
-    hidden = torch.ones(3, 15, dtype=torch.bool)
+    hidden = torch.ones(4, 15, dtype=torch.bool)
     hidden[2, 4] = False  # window 2 shows a riverflow day
-    forcing_mask = torch.zeros(3, 15, dtype=torch.bool)
-    forcing_mask[0, ::2] = True  # window 0: forcing masked; windows 1, 2: forcing visible
-    ones = torch.ones(3, 15, dtype=torch.bool)
-    batch = {"series": {"riverflow": torch.zeros(3, 15), "evaporation": torch.zeros(3, 15)},
+    forcing_mask = torch.zeros(4, 15, dtype=torch.bool)
+    forcing_mask[0, ::2] = True  # window 0: the forcing series masked
+    grid_mask = torch.zeros(4, 15, 6, dtype=torch.bool)
+    grid_mask[3, 5, 0] = True  # window 3: the forcing grid masked; windows 1, 2: all visible
+    ones = torch.ones(4, 15, dtype=torch.bool)
+    batch = {"series": {"riverflow": torch.zeros(4, 15), "evaporation": torch.zeros(4, 15)},
              "series_valid": {"riverflow": ones, "evaporation": ones},
              "series_mask": {"riverflow": hidden, "evaporation": forcing_mask},
-             "catchment": torch.tensor([0, 1, 0]), "time": torch.arange(15).repeat(3, 1)}
-    model = normalise(torch.full((3, 15), 3.0), stats)  # flow 3 everywhere
+             "grid_mask": {"precipitation": grid_mask},
+             "catchment": torch.tensor([0, 1, 0, 1]), "time": torch.arange(15).repeat(4, 1)}
+    model = normalise(torch.full((4, 15), 3.0), stats)  # flow 3 everywhere
 
     def flows(split: str) -> torch.Tensor:
         module.test_split = split
@@ -411,11 +416,13 @@ def test_cross_modal_blend_weights_are_the_fit_on_each_parity_and_follow_the_for
         return denormalise(out["series"]["riverflow"], stats)
 
     test = flows("test")
-    assert torch.allclose(test[0], torch.full((15,), 0.75 * 3 + 0.25 * 1, dtype=torch.float64), rtol=1e-5)
+    for i in (0, 3):
+        assert torch.allclose(test[i], torch.full((15,), 0.75 * 3 + 0.25 * 1, dtype=torch.float64), rtol=1e-5)
     assert torch.allclose(test[1], torch.full((15,), 2.0, dtype=torch.float64), rtol=1e-5)
     val = flows("val")  # catchment 0 (even) gets the odd fit, catchment 1 the even one
     assert torch.allclose(val[0], torch.full((15,), 1.0, dtype=torch.float64), rtol=1e-5)
     assert torch.allclose(val[1], torch.full((15,), 0.5 * 3 + 0.5 * 2, dtype=torch.float64), rtol=1e-5)
+    assert torch.allclose(val[3], torch.full((15,), 3.0, dtype=torch.float64), rtol=1e-5)
     for out in (test, val):
         assert torch.equal(out[2], denormalise(model[2], stats))
 
@@ -425,14 +432,16 @@ def test_evaluate_blends_the_cross_modal_series_with_the_trees(trained: tuple[di
     only the cross-modal rows of the model, each to the blend of the model's and the trees'
     flows (its RMSE at most the blend of theirs; equal to one of them at w = 0 or 1); the
     infilling rows and the baselines stay; the checkpoint is untouched; split=val records the
-    weights of each parity. Without the trees the option is refused by name."""
+    weights of each parity. Trees on a series and a grid. Without the trees the option is
+    refused by name."""
     metrics, out = trained
     ckpt = metrics["checkpoint"]
     before = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    base = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "regression=[evaporation]"]))["test"]
-    got = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "regression=[evaporation]",
+    forcing = "regression=[evaporation,precipitation]"
+    base = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", forcing]))["test"]
+    got = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", forcing,
                                             "calibration.cross_modal_blend=regression"]))
-    assert (out / "eval-calibration.cross_modal_blend=regression,regression=evaporation"
+    assert (out / "eval-calibration.cross_modal_blend=regression,regression=evaporation,precipitation"
             / "metrics.json").is_file()
     assert got["settings"]["cross_modal_blend"] == "regression"
     weights = got["settings"]["cross_modal_blend_weights"]["fitted"]
@@ -450,7 +459,7 @@ def test_evaluate_blends_the_cross_modal_series_with_the_trees(trained: tuple[di
             assert mine == pytest.approx(model if w == 0.0 else trees, rel=1e-5)
     after = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("cal_"))
-    val = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=val", "regression=[evaporation]",
+    val = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=val", forcing,
                                             "calibration.cross_modal_blend=regression"]))
     assert set(val["settings"]["cross_modal_blend_weights"]) == {"fitted_on_even", "fitted_on_odd"}
     with pytest.raises(ConfigError, match="model.calibration.cross_modal_blend"):

@@ -62,6 +62,7 @@ from maelab.models.mmmae.priors import (
     doy_index,
     gap_features,
     grid_priors,
+    patch_at_location,
     series_priors,
     value_at_patch,
 )
@@ -421,16 +422,14 @@ class FactorisedMMMAE(nn.Module):
         means over `antecedent_days` (3, 10 and 30 by default; `antecedent`: what a catchment's
         stores integrate); 0 for a grid absent from the batch and where the place is unknown.
         Visible cells only (`value_at_patch`)."""
-        loc = batch["location"].float()  # (B, 2) patch-grid (row, col), NaN = unknown
-        known = loc.isfinite().all(-1)  # (B,)
-        patch = torch.cdist(loc.nan_to_num(0.0), self.patch_place).argmin(-1)  # (B,)
+        patch, known = patch_at_location(batch["location"], self.patch_place)  # (B,) each
         b, t = batch["time"].shape
         parts = []
         with torch.no_grad():
             for g in self.grid_names:
                 if g not in grids:
                     parts.append(torch.zeros(b, t, 2 + len(self.antecedent_days),
-                                             device=loc.device))
+                                             device=patch.device))
                     continue
                 value, seen = value_at_patch(batch["grids"][g], batch["grid_valid"][g],
                                              batch["grid_mask"][g], patch, self.patch_rows,

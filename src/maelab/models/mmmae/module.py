@@ -109,9 +109,10 @@ class MMMAEModule(MaeModule):
                               f"null or a series: {', '.join(self.info.series_names)}")
         others = [n for n in self.info.series_names if n != target]
         for key in evaluation.get("regression") or []:
-            if key not in others:
+            if key not in others and key not in self.info.grid_names:
                 raise ConfigError("model.evaluation.regression", key,
-                                  f"a list of series other than the cross_modal one ({target}): "
+                                  f"a list of grids ({', '.join(self.info.grid_names) or 'none'}) "
+                                  f"or series other than the cross_modal one ({target}): "
                                   f"{', '.join(others) or 'none'}")
         uses_prior = "regression" in (net.get("series_priors") or [])
         if uses_prior and (target is None or not net.get("forcing_series")):
@@ -538,8 +539,9 @@ class MMMAEModule(MaeModule):
                                "calibrate or test first (on_test_epoch_start fits them)")
         if self._trees is None or not bool(windows.any()):
             return pred
-        forcing = self.hparams.evaluation["regression"]
-        shown = ~torch.stack([batch["series_mask"][f].any(1) for f in forcing]).any(0)  # (B,)
+        masks = [batch["series_mask"][f] if f in batch["series_mask"] else batch["grid_mask"][f]
+                 for f in self.hparams.evaluation["regression"]]  # (B, T) series, (B, T, P) grids
+        shown = ~torch.stack([m.flatten(1).any(1) for m in masks]).any(0)  # (B,)
         states = [v for v in (False, True) if bool((windows & (shown == v)).any())]
         trees = {v: self._trees.predict(batch, visible=v).to(pred.device) for v in states}
         trees = trees[states[0]] if len(states) == 1 else torch.where(
@@ -599,7 +601,8 @@ class MMMAEModule(MaeModule):
         std = self._series_std.get(target)  # held already when the target is scored by NSE*
         if std is None:
             std = catchment_std(dm.store, dm.splits["train"], [target])[target]
-        model = kind(target, forcing, self.info.stats, self._climatology[target], std, seed=seed)
+        model = kind(target, forcing, self.info.stats, self._climatology[target], std, seed=seed,
+                     patch_rows=self.info.valid_patch_rows, patch_cols=self.info.valid_patch_cols)
         return model.fit(training_batches(dm.datasets["train"], dm.collate(),
                                           int(ev.get("regression_windows", 4000)), seed,
                                           lambda b, i: self.masked(b, i)))

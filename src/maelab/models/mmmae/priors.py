@@ -34,7 +34,8 @@ from maelab.models.mmmae.config import GRID_PRIORS, SERIES_PRIORS
 from maelab.scoring.hydro_metrics import day_of_year, interpolate_days, neighbour_mean
 
 __all__ = ["GRID_PRIORS", "SERIES_PRIORS", "doy_index", "grid_priors", "nearest_days", "normalise",
-           "normalised_climatology", "series_priors", "value_at_patch", "antecedent", "gap_features",
+           "normalised_climatology", "series_priors", "patch_at_location", "value_at_patch", "antecedent",
+           "gap_features",
            "donor_estimate", "donor_filled"]
 
 
@@ -122,6 +123,15 @@ def grid_priors(names: Sequence[str], x: torch.Tensor, valid: torch.Tensor, hidd
             raise ValueError("the climatology prior needs the climatology (set_climatology)")
         out["climatology"] = base.expand(*slots.shape, x.shape[-1])
     return torch.stack([out[n] for n in names], 3)
+
+
+def patch_at_location(location: torch.Tensor, place: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid patch nearest to each catchment: location (B, 2) patch-grid (row, col), NaN =
+    unknown; place (P, 2) float (row, col) of the valid patches → patch (B,) int64 and known (B,)
+    bool (False where the location is unknown; patch 0 there)."""
+    loc = location.float()
+    known = loc.isfinite().all(-1)
+    return torch.cdist(loc.nan_to_num(0.0), place.to(loc)).argmin(-1), known
 
 
 def value_at_patch(x: torch.Tensor, valid: torch.Tensor, hidden: torch.Tensor,

@@ -1,8 +1,12 @@
 """A learned rainfall–runoff baseline for the cross-modal tests: gradient-boosted trees.
 
 `ForcingRegression` predicts a series that is hidden on every day (riverflow) from what the
-window shows of its forcing series (catchment precipitation and temperature), day by day:
+window shows of its forcing series (catchment precipitation and temperature) or grids (read at
+the catchment's patch), day by day:
 - each forcing series' value on the day (NaN where it is hidden or missing);
+- a forcing grid's value at the valid patch nearest to the catchment's `location`: the mean of
+  its visible valid cells, or on days the patch is hidden the visible neighbour mean
+  (`value_at_patch`), with whether the patch itself was seen;
 - its means over the visible valid days of the last k days of the window (k = 2 … 90), with
   the share of those days that were visible, and over the next 2, 7 and 30 days;
 - with donors (`data.donors`), the hidden days of a forcing series filled by its donors'
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 
 from maelab.models.mmmae.masking import visible_donors
-from maelab.models.mmmae.priors import donor_estimate
+from maelab.models.mmmae.priors import donor_estimate, patch_at_location, value_at_patch
 from maelab.scoring.hydro_metrics import day_of_year, denormalise
 
 BACK_DAYS = (2, 3, 5, 7, 10, 15, 20, 30, 45, 60, 90)  # trailing means (days, within the window)
@@ -54,10 +58,13 @@ class ForcingRegression:
     """Gradient-boosted trees: a series from the window's visible forcing series (module doc)."""
 
     def __init__(self, target: str, forcing: Sequence[str], stats: Mapping[str, Mapping],
-                 climatology: torch.Tensor, spread: torch.Tensor, seed: int = 0) -> None:
+                 climatology: torch.Tensor, spread: torch.Tensor, seed: int = 0,
+                 patch_rows: Sequence[int] = (), patch_cols: Sequence[int] = ()) -> None:
         """`climatology` (366, C) and `spread` (C,): the target's daily climatology and standard
-        deviation per catchment over the training period, physical units."""
+        deviation per catchment over the training period, physical units. `patch_rows`,
+        `patch_cols` (P,): the valid patches' places, for forcing grids (read at the catchment)."""
         self.target, self.forcing, self.stats = target, list(forcing), stats
+        self.patch_rows, self.patch_cols = list(patch_rows), list(patch_cols)
         self.clim = climatology.double().numpy()  # (366, C)
         spread = spread.double().numpy()
         self.spread = np.where(spread > 0, spread, 1.0)  # (C,)
@@ -72,24 +79,28 @@ class ForcingRegression:
         b, t = batch["time"].shape
         cols = []
         for s in self.forcing:
-            x = denormalise(batch["series"][s].cpu(), self.stats[s]).numpy()  # (B, T)
-            seen = (batch["series_valid"][s] & batch["present"][s].view(-1, 1)).cpu().numpy()
-            if not visible:
-                seen = seen & ~batch["series_mask"][s].cpu().numpy()
-            own, donors = seen, s in batch.get("donor_mask", {})
-            if donors:  # hidden days filled from the visible donors
-                d = batch["donors"]
-                est, has = donor_estimate(d["series"][s], visible_donors(batch, s),
-                                          d["weight"][s])  # (B, T)
-                x = np.where(seen, x, denormalise(est.cpu(), self.stats[s]).numpy())
-                seen = seen | has.cpu().numpy()
+            if s in batch.get("grids", {}):  # at the catchment's patch, hidden days from its neighbours
+                x, own, seen = self._grid_at_catchment(batch, s, visible)
+                filled = True
+            else:
+                x = denormalise(batch["series"][s].cpu(), self.stats[s]).numpy()  # (B, T)
+                seen = (batch["series_valid"][s] & batch["present"][s].view(-1, 1)).cpu().numpy()
+                if not visible:
+                    seen = seen & ~batch["series_mask"][s].cpu().numpy()
+                own, filled = seen, s in batch.get("donor_mask", {})
+                if filled:  # hidden days filled from the visible donors
+                    d = batch["donors"]
+                    est, has = donor_estimate(d["series"][s], visible_donors(batch, s),
+                                              d["weight"][s])  # (B, T)
+                    x = np.where(seen, x, denormalise(est.cpu(), self.stats[s]).numpy())
+                    seen = seen | has.cpu().numpy()
             cols.append(np.where(seen, x, np.nan))
             for k in BACK_DAYS:
                 cols.extend(trailing_means(x, seen, k))
             for k in AHEAD_DAYS:  # the same means over days [t, t + k − 1], read backwards
                 mean, _ = trailing_means(x[:, ::-1], seen[:, ::-1], k)
                 cols.append(mean[:, ::-1])
-            if donors:  # whether the day's value is the catchment's own
+            if filled:  # whether the day's value is the catchment's own
                 cols.append(own.astype(float))
         doy = day_of_year(batch["time"].cpu())  # (B, T)
         angle = 2 * np.pi * doy / 366.0
@@ -99,6 +110,31 @@ class ForcingRegression:
         if self.categorical:
             cols.append(np.broadcast_to(c[:, None].astype(float), (b, t)))
         return np.stack(cols, -1).reshape(b * t, -1)
+
+    def _grid_at_catchment(self, batch: Mapping, name: str, visible: bool
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Grid `name` at each window's catchment (the valid patch nearest to its `location`):
+        (B, T) values in physical units, whether the patch itself was seen that day (its visible
+        valid cells' mean) and whether a value is known (else the visible neighbour mean, or the
+        grid's mean where no neighbour is visible: `value_at_patch`). Nothing is known where the
+        location is unknown or the grid absent.
+        `visible`: the grid is shown on every day, else where the batch's `grid_mask` shows it."""
+        if not self.patch_rows:
+            raise ValueError(f"forcing grid {name} needs the valid patches' places (patch_rows, "
+                             "patch_cols)")
+        x, valid, hidden = batch["grids"][name], batch["grid_valid"][name], batch["grid_mask"][name]
+        if visible:
+            hidden = torch.zeros_like(hidden)
+        place = torch.tensor([self.patch_rows, self.patch_cols], dtype=torch.float32).T  # (P, 2)
+        patch, known = patch_at_location(batch["location"].cpu(), place)  # (B,) each
+        value, own = value_at_patch(x.cpu(), valid.cpu(), hidden.cpu(), patch, self.patch_rows,
+                                    self.patch_cols)  # (B, T) normalised, bool
+        present = batch["present"].get(name)
+        if present is not None:
+            known = known & present.cpu()
+        known = known.view(-1, 1).expand_as(own).numpy()
+        value = denormalise(value, self.stats[name]).numpy()
+        return value, own.numpy() & known, known
 
     def _scaled_target(self, batch: Mapping) -> tuple[np.ndarray, np.ndarray]:
         """(B · T,) the target's departure from climatology over its spread, and its validity."""
