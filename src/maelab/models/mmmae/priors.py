@@ -34,9 +34,8 @@ from maelab.models.mmmae.config import GRID_PRIORS, SERIES_PRIORS
 from maelab.scoring.hydro_metrics import day_of_year, interpolate_days, neighbour_mean
 
 __all__ = ["GRID_PRIORS", "SERIES_PRIORS", "doy_index", "grid_priors", "nearest_days", "normalise",
-           "normalised_climatology", "series_priors", "patch_at_location", "value_at_patch", "antecedent",
-           "gap_features",
-           "donor_estimate", "donor_filled"]
+           "normalised_climatology", "series_priors", "patch_at_location", "value_at_patch",
+           "antecedent", "gap_features", "donor_estimate", "donor_filled"]
 
 
 def normalise(x: torch.Tensor, stats: Mapping[str, Any]) -> torch.Tensor:
