@@ -83,6 +83,28 @@ def test_hide_series_others_visible_shows_every_other_series_day() -> None:
     assert out["grid_mask"] is batch["grid_mask"]  # grids keep their masks
 
 
+def test_hide_series_grids_visible_shows_the_grids_with_the_other_series() -> None:
+    """`hide_series_grids=visible`: in a `mixed` batch whose other series are shown on every day
+    the grids are too (the `alone` test's condition, which also trains end to end: a finite
+    loss with no grid token hidden); where the others keep their masks the grids keep theirs."""
+    batch = make_batch()
+    assert any(m.any() for m in batch["grid_mask"].values())
+    module = make_module(hide_series=1.0, hide_series_others="mixed", hide_series_grids="visible")
+    kinds = set()
+    for i in range(20):
+        out = module._hide_whole_series(batch, i)
+        hidden = [n for n in SERIES if out["series_mask"][n].all()]
+        visible = all(not out["series_mask"][n].any() for n in SERIES if n != hidden[0])
+        grids = [torch.equal(out["grid_mask"][g], torch.zeros_like(batch["grid_mask"][g]) if visible
+                             else batch["grid_mask"][g]) for g in GRIDS]
+        assert all(grids)
+        kinds.add(visible)
+        if visible:
+            loss = module._step(out, "train", module._decode_subset(out, 0))
+            assert torch.isfinite(loss)
+    assert kinds == {True, False}
+
+
 def test_hide_series_others_mixed_shows_or_masks_the_others_by_a_keyed_coin() -> None:
     """`mixed`: each cross-modal batch shows the other series on every day or keeps their masks,
     about half each; the same batch index gives the same choice (keyed: resume-safe), and the

@@ -21,6 +21,7 @@ SERIES_MODES = ("shared", "independent")
 SERIES_MASKS = ("random_days", "all", "contiguous", "visible")  # masking.series_modes values
 ATTENTIONS = ("factorised", "joint")
 HIDE_SERIES_OTHERS = ("masked", "visible", "mixed")  # the other series when one is hidden whole
+HIDE_SERIES_GRIDS = ("masked", "visible")  # the grids in those batches when the others are visible
 SERIES_SHRINK = ("by_distance", "none")  # calibration.series_shrink values
 STRETCH_SIDES = ("both", "above")  # calibration.series_stretch_side values
 STRETCH_WINDOWS = ("all", "with_visible")  # calibration.series_stretch_windows values
@@ -211,10 +212,12 @@ class MMMAEConfig(ModelConfig):
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     hide_series: float = 0.0  # share of training batches hiding one whole series
     hide_series_others: str = "masked"  # the other series in those batches: masked | visible | mixed
+    hide_series_grids: str = "masked"  # the grids when the others are visible: masked | visible
 
     def __post_init__(self) -> None:
         in_range("hide_series", self.hide_series, 0.0, 1.0)
         one_of("hide_series_others", self.hide_series_others, HIDE_SERIES_OTHERS)
+        one_of("hide_series_grids", self.hide_series_grids, HIDE_SERIES_GRIDS)
         if "regression" in self.net.series_priors and (
                 self.evaluation.cross_modal is None or not self.net.forcing_series):
             raise ConfigError("net.series_priors", self.net.series_priors,

@@ -78,7 +78,8 @@ class MMMAEModule(MaeModule):
 
     def __init__(
         self, net: dict, loss: dict, optim: dict, evaluation: dict, masking: dict, data_info: dict,
-        hide_series: float = 0.0, hide_series_others: str = "masked", seed: int = 0,
+        hide_series: float = 0.0, hide_series_others: str = "masked",
+        hide_series_grids: str = "masked", seed: int = 0,
         run_config: dict | None = None, calibration: dict | None = None,
     ) -> None:
         super().__init__(optim, data_info, seed, run_config)
@@ -274,9 +275,10 @@ class MMMAEModule(MaeModule):
         """With probability `hide_series`, one present series is hidden on every day of the
         batch (cross-modal training: it must come from the other modalities). The other series
         keep their masks (`hide_series_others=masked`), are shown on every day (`visible`: the
-        series is simulated from complete forcings, as in the `alone` test), or either with
-        probability 1/2 (`mixed`). The draws are keyed by (epoch, batch, rank): reproducible on
-        resume."""
+        series is simulated from complete forcings), or either with probability 1/2 (`mixed`);
+        with `hide_series_grids=visible` the grids are shown on every day whenever the other
+        series are (the `alone` test's condition). The draws are keyed by (epoch, batch, rank):
+        reproducible on resume."""
         names = [s for s in self.net.series_names if bool(batch["present"][s].any())]
         if float(self.hparams.hide_series) <= 0 or not names:
             return batch
@@ -291,10 +293,13 @@ class MMMAEModule(MaeModule):
             coin = KeyedNoise(self.hparams.seed, *(torch.tensor([k]) for k in (
                 _HIDE_OTHERS_STREAM, *keys[1:]))).uniform((1, 1))
             others = "visible" if float(coin) < 0.5 else "masked"
+        out = dict(batch)
         if others == "visible":
             masks = {k: torch.zeros_like(m) for k, m in masks.items()}
+            if self.hparams.hide_series_grids == "visible":
+                out["grid_mask"] = {g: torch.zeros_like(m) for g, m in batch["grid_mask"].items()}
         masks[s] = torch.ones_like(batch["series_mask"][s])
-        return {**batch, "series_mask": masks}
+        return {**out, "series_mask": masks}
 
     def validation_step(self, batch: HydroBatch, batch_idx: int) -> None:
         masked = self.masked(batch, -1)  # fixed per-window masks: comparable across epochs
