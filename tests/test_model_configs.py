@@ -51,6 +51,7 @@ def test_sdmae_config_names_the_key(overrides: list[str], key: str, expected: st
     (["model.net.temporal_patch=7"], "model.net.temporal_patch"),
     (["model.hide_series=2"], "model.hide_series"),
     (["model.hide_series_others=all"], "model.hide_series_others"),
+    (["model.hide_series_grids=shown"], "model.hide_series_grids"),
     (["model.net.attention=joint", "model.net.grid_priors=[]", "model.net.series_priors=[]",
       "model.net.decode_fraction=1.0", "model.net.forcing_series=[riverflow]"],
      "model.net.forcing_series"),
