@@ -52,6 +52,7 @@ def test_sdmae_config_names_the_key(overrides: list[str], key: str, expected: st
     (["model.hide_series=2"], "model.hide_series"),
     (["model.hide_series_others=all"], "model.hide_series_others"),
     (["model.hide_series_grids=shown"], "model.hide_series_grids"),
+    (["model.hide_series_grids=visible"], "model.hide_series_grids"),  # others masked: no effect
     (["model.net.attention=joint", "model.net.grid_priors=[]", "model.net.series_priors=[]",
       "model.net.decode_fraction=1.0", "model.net.forcing_series=[riverflow]"],
      "model.net.forcing_series"),

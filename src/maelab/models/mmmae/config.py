@@ -218,6 +218,11 @@ class MMMAEConfig(ModelConfig):
         in_range("hide_series", self.hide_series, 0.0, 1.0)
         one_of("hide_series_others", self.hide_series_others, HIDE_SERIES_OTHERS)
         one_of("hide_series_grids", self.hide_series_grids, HIDE_SERIES_GRIDS)
+        if self.hide_series_grids == "visible" and self.hide_series_others == "masked":
+            raise ConfigError("hide_series_grids", "visible",
+                              "masked while hide_series_others=masked (the grids are shown only "
+                              "in the batches whose other series are: set hide_series_others to "
+                              "visible or mixed)")
         if "regression" in self.net.series_priors and (
                 self.evaluation.cross_modal is None or not self.net.forcing_series):
             raise ConfigError("net.series_priors", self.net.series_priors,
