@@ -37,7 +37,12 @@ from maelab.models.mmmae.loss import mmmae_loss, nse_star, selected_mse
 from maelab.models.mmmae.masking import MaskedHydroBatch, decode_subset, with_masks
 from maelab.models.mmmae.model import MMMAE
 from maelab.models.mmmae.priors import doy_index, grid_priors, normalise, normalised_climatology
-from maelab.models.mmmae.regression import ForcingRegression, RegressionPrior, training_batches
+from maelab.models.mmmae.regression import (
+    ForcingRegression,
+    RegressionPrior,
+    forcing_shown,
+    training_batches,
+)
 from maelab.scoring.hydro_metrics import interpolate_days
 
 log = logging.getLogger(__name__)
@@ -293,13 +298,13 @@ class MMMAEModule(MaeModule):
             coin = KeyedNoise(self.hparams.seed, *(torch.tensor([k]) for k in (
                 _HIDE_OTHERS_STREAM, *keys[1:]))).uniform((1, 1))
             others = "visible" if float(coin) < 0.5 else "masked"
-        out = dict(batch)
+        grid_masks = batch["grid_mask"]
         if others == "visible":
             masks = {k: torch.zeros_like(m) for k, m in masks.items()}
             if self.hparams.hide_series_grids == "visible":
-                out["grid_mask"] = {g: torch.zeros_like(m) for g, m in batch["grid_mask"].items()}
+                grid_masks = {g: torch.zeros_like(m) for g, m in grid_masks.items()}
         masks[s] = torch.ones_like(batch["series_mask"][s])
-        return {**out, "series_mask": masks}
+        return {**batch, "grid_mask": grid_masks, "series_mask": masks}
 
     def validation_step(self, batch: HydroBatch, batch_idx: int) -> None:
         masked = self.masked(batch, -1)  # fixed per-window masks: comparable across epochs
@@ -544,9 +549,7 @@ class MMMAEModule(MaeModule):
                                "calibrate or test first (on_test_epoch_start fits them)")
         if self._trees is None or not bool(windows.any()):
             return pred
-        masks = [batch["series_mask"][f] if f in batch["series_mask"] else batch["grid_mask"][f]
-                 for f in self.hparams.evaluation["regression"]]  # (B, T) series, (B, T, P) grids
-        shown = ~torch.stack([m.flatten(1).any(1) for m in masks]).any(0)  # (B,)
+        shown = forcing_shown(batch, self.hparams.evaluation["regression"])  # (B,)
         states = [v for v in (False, True) if bool((windows & (shown == v)).any())]
         trees = {v: self._trees.predict(batch, visible=v).to(pred.device) for v in states}
         trees = trees[states[0]] if len(states) == 1 else torch.where(

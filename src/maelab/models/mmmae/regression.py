@@ -54,8 +54,22 @@ def trailing_means(x: np.ndarray, seen: np.ndarray, k: int) -> tuple[np.ndarray,
         return np.where(n > 0, s / n, np.nan), n / (hi - lo)
 
 
+def is_grid(batch: Mapping, name: str) -> bool:
+    """Whether forcing `name` is one of the (masked) batch's grids (else a series)."""
+    return name in batch.get("grid_mask", {})
+
+
+def forcing_shown(batch: Mapping, forcing: Sequence[str]) -> torch.Tensor:
+    """(B,) bool: every forcing series and grid of `forcing` visible on every day of the window
+    (the `alone` state; else the forcing keeps masks)."""
+    masks = [batch["grid_mask"][f] if is_grid(batch, f) else batch["series_mask"][f]
+             for f in forcing]  # (B, T, P) grids, (B, T) series
+    return ~torch.stack([m.flatten(1).any(1) for m in masks]).any(0)
+
+
 class ForcingRegression:
-    """Gradient-boosted trees: a series from the window's visible forcing series (module doc)."""
+    """Gradient-boosted trees: a series from the window's visible forcing series and grids
+    (module doc)."""
 
     def __init__(self, target: str, forcing: Sequence[str], stats: Mapping[str, Mapping],
                  climatology: torch.Tensor, spread: torch.Tensor, seed: int = 0,
@@ -65,6 +79,8 @@ class ForcingRegression:
         `patch_cols` (P,): the valid patches' places, for forcing grids (read at the catchment)."""
         self.target, self.forcing, self.stats = target, list(forcing), stats
         self.patch_rows, self.patch_cols = list(patch_rows), list(patch_cols)
+        self.patch_place = torch.tensor([self.patch_rows, self.patch_cols],
+                                        dtype=torch.float32).T  # (P, 2)
         self.clim = climatology.double().numpy()  # (366, C)
         spread = spread.double().numpy()
         self.spread = np.where(spread > 0, spread, 1.0)  # (C,)
@@ -78,9 +94,15 @@ class ForcingRegression:
         c = batch["catchment"].cpu().numpy()  # (B,)
         b, t = batch["time"].shape
         cols = []
+        at = None  # (B,) patch at each window's catchment, and whether its location is known
         for s in self.forcing:
-            if s in batch.get("grids", {}):  # at the catchment's patch, hidden days from its neighbours
-                x, own, seen = self._grid_at_catchment(batch, s, visible)
+            if is_grid(batch, s):  # at the catchment's patch, hidden days from its neighbours
+                if at is None:
+                    if not self.patch_rows:
+                        raise ValueError(f"forcing grid {s} needs the valid patches' places "
+                                         "(patch_rows, patch_cols)")
+                    at = patch_at_location(batch["location"].cpu(), self.patch_place)
+                x, own, seen = self._grid_at_catchment(batch, s, visible, *at)
                 filled = True
             else:
                 x = denormalise(batch["series"][s].cpu(), self.stats[s]).numpy()  # (B, T)
@@ -111,22 +133,18 @@ class ForcingRegression:
             cols.append(np.broadcast_to(c[:, None].astype(float), (b, t)))
         return np.stack(cols, -1).reshape(b * t, -1)
 
-    def _grid_at_catchment(self, batch: Mapping, name: str, visible: bool
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Grid `name` at each window's catchment (the valid patch nearest to its `location`):
+    def _grid_at_catchment(self, batch: Mapping, name: str, visible: bool, patch: torch.Tensor,
+                           known: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Grid `name` at each window's catchment (`patch` (B,), the valid patch nearest to its
+        `location`, `known` (B,) where that is known: `patch_at_location`):
         (B, T) values in physical units, whether the patch itself was seen that day (its visible
         valid cells' mean) and whether a value is known (else the visible neighbour mean, or the
         grid's mean where no neighbour is visible: `value_at_patch`). Nothing is known where the
         location is unknown or the grid absent.
         `visible`: the grid is shown on every day, else where the batch's `grid_mask` shows it."""
-        if not self.patch_rows:
-            raise ValueError(f"forcing grid {name} needs the valid patches' places (patch_rows, "
-                             "patch_cols)")
         x, valid, hidden = batch["grids"][name], batch["grid_valid"][name], batch["grid_mask"][name]
         if visible:
             hidden = torch.zeros_like(hidden)
-        place = torch.tensor([self.patch_rows, self.patch_cols], dtype=torch.float32).T  # (P, 2)
-        patch, known = patch_at_location(batch["location"].cpu(), place)  # (B,) each
         value, own = value_at_patch(x.cpu(), valid.cpu(), hidden.cpu(), patch, self.patch_rows,
                                     self.patch_cols)  # (B, T) normalised, bool
         present = batch["present"].get(name)
